@@ -1,0 +1,402 @@
+"""``python -m clickstream.consume``: validate, sessionize and store every event exactly once.
+
+Reads the events topic in batches, stores events, ``traffic_minute`` and sessions in the SQL
+database (and OpenSearch when configured), dead-letters invalid input, and commits Kafka offsets
+only after every sink committed. See :mod:`clickstream.pipeline` for the order of effects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from sqlalchemy import Engine, inspect
+from sqlalchemy.exc import DBAPIError
+
+from clickstream.db import make_engine
+from clickstream.dead_letters import KafkaDeadLetterSink
+from clickstream.errors import ClickstreamError, ConfigError, TransientError
+from clickstream.kafka import kafka_client_config
+from clickstream.pipeline import BatchProcessor, BatchReport, SearchIndex
+from clickstream.settings import Settings, load_settings
+from clickstream.store import SessionRules
+
+__all__ = ["ConsumerOptions", "main", "run"]
+
+_log = logging.getLogger("clickstream.consume")
+
+_MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """How the loop behaves (as opposed to where it connects, which is :class:`Settings`)."""
+
+    batch_size: int = 2000
+    poll_timeout: float = 1.0
+    exit_when_idle: float | None = None
+    progress_interval: float = 10.0
+    opensearch: bool = True
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM (or a test); the loop finishes its batch and exits."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        _log.info("received %s: finishing the current batch", signal.Signals(signum).name)
+        self.event.set()
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(_MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(attempt, 6)))
+
+
+def _check_schema(engine: Engine, stop: threading.Event) -> None:
+    attempt = 0
+    while True:
+        try:
+            tables = set(inspect(engine).get_table_names())
+        except DBAPIError as exc:
+            if stop.is_set():
+                raise TransientError(str(exc.orig)) from exc
+            delay = _backoff(attempt)
+            _log.warning("database unavailable (%s); retrying in %.1fs", exc.orig, delay)
+            stop.wait(delay)
+            attempt += 1
+            continue
+        missing = {"events", "sessions", "traffic_minute"} - tables
+        if missing:
+            msg = (
+                f"the database has no table {', '.join(sorted(missing))}: "
+                "run `alembic upgrade head` first (it reads CLICKSTREAM_DATABASE_URL)"
+            )
+            raise ConfigError(msg)
+        return
+
+
+def _build_search(settings: Settings, stop: threading.Event) -> SearchIndex:
+    from clickstream.search import SearchSink, ensure_search_setup, make_client  # noqa: PLC0415
+
+    client = make_client(settings.opensearch_url.get_secret_value())
+    attempt = 0
+    while True:
+        try:
+            ensure_search_setup(client, prefix=settings.opensearch_index_prefix)
+            break
+        except TransientError as exc:
+            if stop.is_set():
+                raise
+            delay = _backoff(attempt)
+            _log.warning("OpenSearch unavailable (%s); retrying in %.1fs", exc, delay)
+            stop.wait(delay)
+            attempt += 1
+    sink: SearchIndex = SearchSink(client, prefix=settings.opensearch_index_prefix)
+    return sink
+
+
+class _Progress:
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.total = BatchReport()
+        self.started = time.monotonic()
+        self._last = self.started
+        self._last_consumed = 0
+
+    def maybe_log(self, consumer: Consumer, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        rate = (self.total.consumed - self._last_consumed) / max(now - self._last, 1e-9)
+        _log.info(
+            "consumed=%d stored=%d duplicates=%d dead_lettered=%d rate=%.0f/s lag=%s",
+            self.total.consumed,
+            self.total.stored,
+            self.total.duplicates,
+            self.total.dead_lettered,
+            rate,
+            _lag(consumer),
+        )
+        self._last, self._last_consumed = now, self.total.consumed
+
+
+def _lag(consumer: Consumer) -> int | None:
+    """Messages between the consumer's positions and the high watermarks of its partitions."""
+    try:
+        assignment = consumer.assignment()
+        if not assignment:
+            return None
+        total = 0
+        for position in consumer.position(assignment):
+            _low, high = consumer.get_watermark_offsets(position, timeout=5, cached=False)
+            offset = position.offset
+            if offset < 0:  # no position yet: fall back to the committed offset
+                committed = consumer.committed([position], timeout=5)[0].offset
+                offset = max(committed, 0)
+            total += max(high - offset, 0)
+    except KafkaException:
+        return None
+    return total
+
+
+def _offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    nxt: dict[tuple[str, int], int] = {}
+    for message in messages:
+        key = (message.topic() or "", message.partition() or 0)
+        nxt[key] = max(nxt.get(key, 0), (message.offset() or 0) + 1)
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in nxt.items()]
+
+
+def _rewind(consumer: Consumer, messages: Sequence[Message]) -> None:
+    first: dict[tuple[str, int], int] = {}
+    for message in messages:
+        key = (message.topic() or "", message.partition() or 0)
+        offset = message.offset() or 0
+        first[key] = min(first.get(key, offset), offset)
+    for (topic, partition), offset in first.items():
+        try:
+            consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as exc:  # revoked meanwhile: its new owner re-reads it
+            _log.info("not rewinding %s[%d]: %s", topic, partition, exc)
+
+
+def run(
+    settings: Settings,
+    options: ConsumerOptions,
+    *,
+    stop: threading.Event | None = None,
+) -> BatchReport:
+    """Consume until stopped (or idle, with ``exit_when_idle``); return the totals.
+
+    Raises:
+        ConfigError: the database has no schema, or a setting is wrong.
+        KafkaException: a fatal Kafka error.
+    """
+    stop = stop or threading.Event()
+    engine = make_engine(settings.database_url.get_secret_value(), application_name="consume")
+    _check_schema(engine, stop)
+    search = (
+        _build_search(settings, stop)
+        if options.opensearch and settings.opensearch_enabled
+        else None
+    )
+    dead_letters = KafkaDeadLetterSink(settings)
+    processor = BatchProcessor(
+        engine=engine,
+        rules=SessionRules(
+            gap=timedelta(seconds=settings.session_gap_seconds),
+            max_length=timedelta(seconds=settings.session_max_seconds),
+        ),
+        clock=lambda: datetime.now(UTC),
+        future_tolerance=timedelta(seconds=settings.future_tolerance_seconds),
+        dead_letters=dead_letters,
+        search=search,
+    )
+    consumer = Consumer(
+        {
+            **kafka_client_config(settings),
+            "group.id": settings.consumer_group,
+            "client.id": "clickstream-consumer",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([settings.topic], on_assign=_on_assign, on_revoke=_on_revoke)
+    progress = _Progress(options.progress_interval)
+    _log.info(
+        "consuming %s as group %s into %s%s",
+        settings.topic,
+        settings.consumer_group,
+        engine.url.render_as_string(hide_password=True),
+        " and OpenSearch" if search else "",
+    )
+    try:
+        _loop(consumer, processor, options, progress, stop)
+    finally:
+        progress.maybe_log(consumer, force=True)
+        consumer.close()
+        dead_letters.close()
+        engine.dispose()
+    return progress.total
+
+
+def _on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    _log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+
+
+def _on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    # Batches are processed and committed between polls, so nothing is in flight here.
+    _log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+
+
+def _loop(
+    consumer: Consumer,
+    processor: BatchProcessor,
+    options: ConsumerOptions,
+    progress: _Progress,
+    stop: threading.Event,
+) -> None:
+    last_message = time.monotonic()
+    failures = 0
+    while not stop.is_set():
+        messages = consumer.consume(options.batch_size, options.poll_timeout)
+        batch = [m for m in messages if not _is_error(m)]
+        if not batch:
+            progress.maybe_log(consumer)
+            idle = time.monotonic() - last_message
+            if _caught_up(consumer, idle, options.exit_when_idle):
+                _log.info("caught up and idle for %.0fs: exiting", idle)
+                return
+            continue
+        last_message = time.monotonic()
+        try:
+            report = processor.process(batch)
+        except TransientError as exc:
+            delay = _backoff(failures)
+            failures += 1
+            _log.warning("batch not stored (%s); retrying in %.1fs", exc, delay)
+            _rewind(consumer, batch)
+            stop.wait(delay)
+            continue
+        failures = 0
+        _commit(consumer, batch)
+        progress.total.add(report)
+        progress.maybe_log(consumer)
+
+
+def _caught_up(consumer: Consumer, idle: float, limit: float | None) -> bool:
+    if limit is None or idle < limit:
+        return False
+    # Idle but lagging means the group is still (re)balancing; give that 30 s more at most.
+    return _lag(consumer) == 0 or idle >= limit + 30
+
+
+def _is_error(message: Message) -> bool:
+    error = message.error()
+    if error is None:
+        return False
+    if error.code() != KafkaError._PARTITION_EOF:
+        if error.fatal():
+            raise KafkaException(error)
+        _log.warning("consumer error: %s", error.str())
+    return True
+
+
+def _commit(consumer: Consumer, batch: Sequence[Message]) -> None:
+    try:
+        consumer.commit(offsets=_offsets(batch), asynchronous=False)
+    except KafkaException as exc:
+        # Partitions moved to another consumer meanwhile: it re-reads from the last committed
+        # offset, and the sinks ignore what this consumer already stored.
+        _log.warning("offset commit failed (%s); the batch will be redelivered", exc)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m clickstream.consume",
+        description=(
+            "Consume click events from Kafka: validate them (invalid ones go to the dead-letter "
+            "topic with a reason), store every distinct event exactly once in the SQL database "
+            "with per-minute traffic and server-side sessions, index them into OpenSearch when "
+            "CLICKSTREAM_OPENSEARCH_URL is set, and commit offsets only after the sinks did. "
+            "Settings come from CLICKSTREAM_* variables or the Pulumi stack outputs "
+            "(CLICKSTREAM_STACK_OUTPUTS); flags override both."
+        ),
+        epilog=(
+            "examples:\n"
+            "  python -m clickstream.consume\n"
+            "  python -m clickstream.consume --exit-when-idle 10 --no-opensearch\n"
+            "  CLICKSTREAM_STACK_OUTPUTS=outputs.json python -m clickstream.consume\n\n"
+            "SIGINT/SIGTERM finish the current batch, commit and exit 0."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
+    parser.add_argument("--topic", help="events topic (default clickstream.events)")
+    parser.add_argument("--dlq-topic", help="dead-letter topic (default clickstream.events.dlq)")
+    parser.add_argument("--group", help="consumer group id (default clickstream-consumer)")
+    parser.add_argument("--database-url", help="SQLAlchemy URL of the database")
+    parser.add_argument("--opensearch-url", help="OpenSearch URL (empty: sink off)")
+    parser.add_argument("--no-opensearch", action="store_true", help="do not index into OpenSearch")
+    parser.add_argument(
+        "--batch-size", type=int, default=2000, help="messages per batch (default 2000)"
+    )
+    parser.add_argument(
+        "--exit-when-idle",
+        type=float,
+        metavar="SECONDS",
+        help="exit once caught up and no message arrived for SECONDS (batch jobs, tests)",
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often to log throughput and lag (default 10)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    overrides: dict[str, Any] = {
+        "kafka_bootstrap_servers": args.bootstrap_servers,
+        "topic": args.topic,
+        "dlq_topic": args.dlq_topic,
+        "consumer_group": args.group,
+        "database_url": args.database_url,
+        "opensearch_url": args.opensearch_url,
+    }
+    stop = _Stop()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+    try:
+        settings = load_settings(role="consumer", overrides=overrides)
+        if args.batch_size < 1:
+            msg = "--batch-size must be at least 1"
+            raise ConfigError(msg)
+        options = ConsumerOptions(
+            batch_size=args.batch_size,
+            exit_when_idle=args.exit_when_idle,
+            progress_interval=args.progress_interval,
+            opensearch=not args.no_opensearch,
+        )
+        total = run(settings, options, stop=stop.event)
+    except ClickstreamError as exc:
+        _log.error("%s", exc)
+        return 2
+    except KafkaException as exc:
+        _log.error("fatal Kafka error: %s", exc)
+        return 1
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(total.reasons.items())) or "none"
+    sys.stdout.write(
+        f"consumed {total.consumed}, stored {total.stored}, duplicates {total.duplicates}, "
+        f"dead-lettered {total.dead_lettered} (reasons: {reasons})\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,367 @@
+"""The click event contract, version 1: one typed model for producer and consumer alike.
+
+A message is one JSON object (UTF-8) keyed by ``user_id``. :func:`decode_event` turns the raw
+bytes of a message into a :class:`ClickEvent` or raises :class:`~clickstream.errors.InvalidEvent`
+with a stable reason code (see :class:`Reason`) and a detail that names the offending field.
+The checked-in JSON Schema (``clickstream/schemas/click_event.v1.json``) is generated from this
+model by ``python -m clickstream.events --schema`` and a test fails when the two drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Final
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+
+from clickstream.errors import InvalidEvent
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "SCHEMA_PATH",
+    "ClickEvent",
+    "DeviceType",
+    "EventType",
+    "PageType",
+    "Reason",
+    "decode_event",
+    "json_schema",
+]
+
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+"""A message larger than this is invalid (``too_large``)."""
+
+SCHEMA_PATH: Final = Path(__file__).with_name("schemas") / "click_event.v1.json"
+
+
+class Reason(StrEnum):
+    """Reason codes carried by dead-lettered messages (header ``reason``)."""
+
+    NOT_JSON = "not_json"
+    SCHEMA = "schema"
+    TOO_LARGE = "too_large"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    REJECTED_BY_SINK = "rejected_by_sink"
+
+
+class EventType(StrEnum):
+    """What the visitor did."""
+
+    PAGE_VIEW = "page_view"
+    SEARCH = "search"
+    ADD_TO_CART = "add_to_cart"
+    REMOVE_FROM_CART = "remove_from_cart"
+    BEGIN_CHECKOUT = "begin_checkout"
+    PURCHASE = "purchase"
+
+
+class PageType(StrEnum):
+    """The kind of page the event happened on."""
+
+    HOME = "home"
+    CATEGORY = "category"
+    PRODUCT = "product"
+    SEARCH = "search"
+    CART = "cart"
+    CHECKOUT = "checkout"
+    CONFIRMATION = "confirmation"
+    ACCOUNT = "account"
+    OTHER = "other"
+
+
+class DeviceType(StrEnum):
+    """The visitor's device class."""
+
+    DESKTOP = "desktop"
+    MOBILE = "mobile"
+    TABLET = "tablet"
+
+
+_UUID_RE: Final = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+# RFC 3339 date-time: seconds are required, and so is the offset.
+_RFC3339_RE: Final = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _canonical_uuid(value: str) -> str:
+    if not _UUID_RE.match(value):
+        msg = "must be a UUID in canonical text form (8-4-4-4-12 hex digits)"
+        raise ValueError(msg)
+    return value.lower()
+
+
+def _rfc3339(value: Any) -> datetime:
+    if isinstance(value, datetime):  # built in Python (the simulator): aware values only
+        if value.utcoffset() is None:
+            msg = "must be timezone-aware"
+            raise ValueError(msg)
+        return value.astimezone(UTC)
+    match = _RFC3339_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        msg = "must be an RFC 3339 date-time with an offset, e.g. 2024-05-01T12:00:00Z"
+        raise ValueError(msg)
+    date, time, fraction, offset = match.groups()
+    # Python keeps microseconds: finer fractions are truncated, never rounded up.
+    micros = (fraction or ".0")[1:7].ljust(6, "0")
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    try:
+        parsed = datetime.fromisoformat(f"{date}T{time}.{micros}{offset}")
+    except ValueError as exc:
+        msg = f"is not a valid date-time: {exc}"
+        raise ValueError(msg) from None
+    return parsed.astimezone(UTC)
+
+
+def _absolute_url(value: str, *, schemes: tuple[str, ...] | None) -> str:
+    parts = urlsplit(value)
+    if not parts.scheme or not parts.netloc:
+        msg = "must be an absolute URL"
+        raise ValueError(msg)
+    if schemes is not None and parts.scheme.lower() not in schemes:
+        msg = f"must be an absolute {' or '.join(schemes)} URL"
+        raise ValueError(msg)
+    return value
+
+
+def _page_url(value: str) -> str:
+    return _absolute_url(value, schemes=("http", "https"))
+
+
+def _referrer_url(value: str) -> str:
+    return _absolute_url(value, schemes=None)
+
+
+def _json_number(value: Any) -> Any:
+    # The contract says "number": a JSON string is not accepted, even if it looks numeric.
+    # The float's shortest repr is what the producer wrote, so Decimal(repr) is exact.
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        msg = "must be a JSON number"
+        raise ValueError(msg)
+    return value if isinstance(value, Decimal) else Decimal(repr(value))
+
+
+EventId = Annotated[str, AfterValidator(_canonical_uuid)]
+OccurredAt = Annotated[datetime, BeforeValidator(_rfc3339)]
+PageUrl = Annotated[str, Field(max_length=2048), AfterValidator(_page_url)]
+ReferrerUrl = Annotated[str, AfterValidator(_referrer_url)]
+Revenue = Annotated[
+    Decimal,
+    BeforeValidator(_json_number),
+    Field(ge=0, max_digits=12, decimal_places=2),
+    PlainSerializer(float, return_type=float, when_used="json"),
+]
+
+_PURCHASE_RULE: Final[dict[str, Any]] = {
+    "if": {"properties": {"event_type": {"const": "purchase"}}, "required": ["event_type"]},
+    "then": {
+        "properties": {
+            "order_id": {"type": "string"},
+            "revenue": {"type": "number"},
+            "currency": {"type": "string"},
+        },
+        "required": ["order_id", "revenue", "currency"],
+    },
+}
+_COORDINATES_RULE: Final[dict[str, Any]] = {
+    "dependentRequired": {"latitude": ["longitude"], "longitude": ["latitude"]},
+}
+
+
+class ClickEvent(BaseModel):
+    """One click event, validated against the version 1 contract.
+
+    ``occurred_at`` is normalised to UTC and ``event_id`` to lower case; unknown extra fields
+    are ignored. Instances are immutable.
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        strict=True,
+        extra="ignore",
+        title="ClickEvent",
+        json_schema_extra={"allOf": [_PURCHASE_RULE, _COORDINATES_RULE]},
+    )
+
+    event_id: EventId
+    event_type: EventType
+    occurred_at: OccurredAt
+    user_id: Annotated[str, Field(min_length=1, max_length=128)]
+    session_id: str | None = None
+    page_url: PageUrl
+    page_type: PageType
+    referrer_url: ReferrerUrl | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    device_type: DeviceType
+    os: str | None = None
+    browser: str | None = None
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
+    city: str | None = None
+    latitude: Annotated[float, Field(ge=-90, le=90)] | None = None
+    longitude: Annotated[float, Field(ge=-180, le=180)] | None = None
+    product_id: str | None = None
+    search_query: str | None = None
+    order_id: str | None = None
+    revenue: Revenue | None = None
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> ClickEvent:
+        if (self.latitude is None) != (self.longitude is None):
+            absent = "latitude" if self.latitude is None else "longitude"
+            msg = f"field '{absent}': latitude and longitude are given together or not at all"
+            raise ValueError(msg)
+        if self.event_type is EventType.PURCHASE:
+            missing = [
+                name for name in ("order_id", "revenue", "currency") if getattr(self, name) is None
+            ]
+            if missing:
+                msg = f"field '{missing[0]}': required when event_type is 'purchase'"
+                if len(missing) > 1:
+                    msg += f" (and so are: {', '.join(missing[1:])})"
+                raise ValueError(msg)
+        return self
+
+    def to_json(self) -> bytes:
+        """Serialise to the wire form: compact UTF-8 JSON, ``occurred_at`` in UTC with ``Z``."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the event contract, generated from :class:`ClickEvent`."""
+    schema = ClickEvent.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://clickstream.dev/schemas/click_event.v1.json"
+    schema["description"] = (
+        "A click event, version 1. One JSON object per Kafka message, keyed by user_id."
+    )
+    schema["properties"]["occurred_at"]["pattern"] = _RFC3339_RE.pattern
+    schema["properties"]["event_id"]["pattern"] = _UUID_RE.pattern
+    return schema
+
+
+def _field_detail(error: ValidationError) -> str:
+    first = error.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    more = error.error_count() - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    if field:
+        return f"field '{field}': {message}{suffix}"
+    return f"{message}{suffix}"
+
+
+def decode_event(raw: bytes | None, *, now: datetime, future_tolerance: timedelta) -> ClickEvent:
+    """Validate one message value against the contract.
+
+    Args:
+        raw: the message value as received.
+        now: the consumer's clock (timezone-aware).
+        future_tolerance: how far past ``now`` ``occurred_at`` may lie.
+
+    Raises:
+        InvalidEvent: with reason ``too_large``, ``not_json``, ``schema`` or ``future_timestamp``.
+    """
+    if raw is None:
+        raise InvalidEvent(Reason.NOT_JSON, "the message has no value (tombstone)")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidEvent(
+            Reason.TOO_LARGE, f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}"
+        )
+    try:
+        event = ClickEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        kinds = {item["type"] for item in errors}
+        if "json_invalid" in kinds:
+            raise InvalidEvent(Reason.NOT_JSON, _not_json_detail(raw, errors[0]["msg"])) from None
+        if kinds & {"json_type", "model_type"}:
+            raise InvalidEvent(Reason.NOT_JSON, "the message is JSON but not an object") from None
+        raise InvalidEvent(Reason.SCHEMA, _field_detail(exc)) from None
+    if b"\\u0000" in raw:
+        _reject_nul(event)
+    if event.occurred_at > now + future_tolerance:
+        raise InvalidEvent(
+            Reason.FUTURE_TIMESTAMP,
+            f"field 'occurred_at': {event.occurred_at.isoformat()} is more than "
+            f"{future_tolerance} ahead of the consumer clock ({now.isoformat()})",
+        )
+    return event
+
+
+def _reject_nul(event: ClickEvent) -> None:
+    # Valid JSON and Unicode, but no SQL text type stores U+0000: refuse it here, with a field.
+    for name, value in event:
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidEvent(Reason.SCHEMA, f"field '{name}': contains a NUL character (U+0000)")
+
+
+def _not_json_detail(raw: bytes, parser_message: str) -> str:
+    try:
+        json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return f"the message is not UTF-8: {exc.reason} at byte {exc.start}"
+    except json.JSONDecodeError as exc:
+        return f"the message is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    return f"the message is not valid JSON text: {parser_message}"
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m clickstream.events",
+        description="The click event contract (v1): print its JSON Schema or validate messages.",
+        epilog="Examples:\n  python -m clickstream.events --schema\n"
+        "  python -m clickstream.events --validate events.ndjson",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--schema", action="store_true", help="print the JSON Schema")
+    group.add_argument(
+        "--validate",
+        metavar="FILE",
+        help="validate one JSON event per line ('-' for stdin); exit 1 if any is invalid",
+    )
+    args = parser.parse_args(argv)
+    if args.schema:
+        sys.stdout.write(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
+        return 0
+    stream = sys.stdin.buffer if args.validate == "-" else Path(args.validate).open("rb")  # noqa: SIM115
+    invalid = 0
+    with stream:
+        for number, line in enumerate(stream, start=1):
+            try:
+                decode_event(
+                    line.rstrip(b"\r\n"),
+                    now=datetime.now(UTC),
+                    future_tolerance=timedelta(minutes=5),
+                )
+            except InvalidEvent as exc:
+                invalid += 1
+                sys.stdout.write(f"line {number}: {exc.reason}: {exc.detail}\n")
+    return 1 if invalid else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -1,0 +1,47 @@
+"""Kafka adapter: librdkafka configuration from :class:`~clickstream.settings.Settings`.
+
+TLS material (Aiven's project CA and per-user client certificate and key) is passed to
+librdkafka in memory (``ssl.*.pem``); nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+from clickstream.errors import ConfigError
+from clickstream.settings import Settings
+
+__all__ = ["kafka_client_config"]
+
+
+def kafka_client_config(settings: Settings) -> dict[str, str]:
+    """The connection part of a librdkafka configuration, shared by every client.
+
+    With no client certificate the connection is PLAINTEXT (the local stack); with one it is
+    mutual TLS, as Aiven for Apache Kafka's certificate authentication expects.
+
+    Raises:
+        ConfigError: only part of the TLS material is configured.
+    """
+    config = {"bootstrap.servers": settings.kafka_bootstrap_servers}
+    cert, key, ca = settings.kafka_ssl_certificate, settings.kafka_ssl_key, settings.kafka_ssl_ca
+    if cert is None and key is None:
+        if ca is not None:
+            config["security.protocol"] = "SSL"
+            config["ssl.ca.pem"] = ca.get_secret_value()
+        return config
+    if cert is None or key is None:
+        missing = (
+            "CLICKSTREAM_KAFKA_SSL_KEY" if key is None else "CLICKSTREAM_KAFKA_SSL_CERTIFICATE"
+        )
+        msg = (
+            f"CLICKSTREAM_{missing} is not set: a client certificate and its key go together "
+            "(PEM text, e.g. from the Pulumi stack outputs)"
+        )
+        raise ConfigError(msg)
+    config["security.protocol"] = "SSL"
+    config["ssl.certificate.pem"] = cert.get_secret_value()
+    config["ssl.key.pem"] = key.get_secret_value()
+    if ca is not None:
+        config["ssl.ca.pem"] = ca.get_secret_value()
+    # Aiven's broker certificates name the service host, so keep hostname verification on.
+    config["ssl.endpoint.identification.algorithm"] = "https"
+    return config

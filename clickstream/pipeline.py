@@ -1,0 +1,276 @@
+"""One batch from raw Kafka messages to committed sinks: decode, validate, store, index.
+
+The order of effects makes redelivery harmless (exactly-once *effect*):
+
+1. decode and validate every message; invalid ones become :class:`DeadLetter` s;
+2. open a SQL transaction and write events, ``traffic_minute`` and sessions (idempotent);
+3. index the *new* events and the changed sessions into OpenSearch (idempotent by ``_id``);
+4. send dead letters (including documents OpenSearch rejected) and wait for Kafka's ack;
+5. commit the SQL transaction;
+6. the caller commits the Kafka offsets.
+
+A failure before 5 rolls everything back in SQL and the batch is retried; OpenSearch may then
+hold documents of the uncommitted attempt, which the retry rewrites identically. A crash between
+5 and 6 redelivers the batch: SQL reports every event as a duplicate and nothing changes.
+Dead letters are delivered at least once; their ``source_*`` headers identify them uniquely.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from clickstream.errors import InvalidEvent, TransientError
+from clickstream.events import ClickEvent, Reason, decode_event
+from clickstream.sessions import Session
+from clickstream.store import BatchOutcome, PositionedEvent, SessionRules, session_row, write_batch
+
+__all__ = [
+    "BatchProcessor",
+    "BatchReport",
+    "DeadLetter",
+    "DeadLetterSink",
+    "IncomingMessage",
+    "Rejection",
+    "SearchIndex",
+]
+
+_log = logging.getLogger(__name__)
+
+
+class IncomingMessage(Protocol):
+    """The part of ``confluent_kafka.Message`` a batch needs."""
+
+    def value(self) -> bytes | None: ...
+    def key(self) -> bytes | None: ...
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An invalid message, kept with its original bytes, key, reason and origin."""
+
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    detail: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """Kafka headers: ``reason``, ``detail`` and the ``source_*`` position."""
+        return [
+            ("reason", self.reason.encode()),
+            ("detail", self.detail.encode()),
+            ("source_topic", self.source_topic.encode()),
+            ("source_partition", str(self.source_partition).encode()),
+            ("source_offset", str(self.source_offset).encode()),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A document that OpenSearch refused for a reason retrying cannot fix."""
+
+    doc_id: str
+    reason: str
+    detail: str
+
+
+class SearchIndex(Protocol):
+    """The OpenSearch sink as the pipeline sees it (idempotent by document id)."""
+
+    def index_events(self, events: Sequence[Mapping[str, Any]]) -> Sequence[Rejection]: ...
+
+    def upsert_sessions(
+        self, sessions: Sequence[Mapping[str, Any]], deleted_session_ids: Sequence[str]
+    ) -> Sequence[Rejection]: ...
+
+
+class DeadLetterSink(Protocol):
+    """Where dead letters go; ``send`` returns once Kafka acknowledged all of them."""
+
+    def send(self, letters: Sequence[DeadLetter]) -> None: ...
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """Counts of one batch, for progress output and the final summary."""
+
+    consumed: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    sessions_written: int = 0
+    sessions_deleted: int = 0
+    slow_path_users: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: BatchReport) -> None:
+        """Accumulate another report into this one."""
+        self.consumed += other.consumed
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.dead_lettered += other.dead_lettered
+        self.sessions_written += other.sessions_written
+        self.sessions_deleted += other.sessions_deleted
+        self.slow_path_users += other.slow_path_users
+        for reason, count in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + count
+
+
+def _dead_letter(message: IncomingMessage, reason: str, detail: str) -> DeadLetter:
+    return DeadLetter(
+        key=message.key(),
+        value=message.value(),
+        reason=reason,
+        detail=detail,
+        source_topic=message.topic() or "",
+        source_partition=message.partition() or 0,
+        source_offset=message.offset() or 0,
+    )
+
+
+def _event_document(event: ClickEvent) -> dict[str, Any]:
+    return event.model_dump(mode="json")
+
+
+def _session_document(session: Session) -> dict[str, Any]:
+    return session_row(session)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProcessor:
+    """Everything one batch needs: the SQL engine, the session rules and the other sinks."""
+
+    engine: Engine
+    rules: SessionRules
+    clock: Callable[[], datetime]
+    future_tolerance: timedelta
+    dead_letters: DeadLetterSink
+    search: SearchIndex | None = None
+
+    def process(self, messages: Sequence[IncomingMessage]) -> BatchReport:
+        """Process one batch to the point where its offsets may be committed.
+
+        Raises:
+            TransientError: a sink is unavailable; nothing was committed and the whole batch
+                should be retried later.
+        """
+        now = self.clock()
+        valid: list[PositionedEvent] = []
+        letters: list[DeadLetter] = []
+        sources: dict[str, IncomingMessage] = {}
+        for message in messages:
+            try:
+                event = decode_event(
+                    message.value(), now=now, future_tolerance=self.future_tolerance
+                )
+            except InvalidEvent as exc:
+                letters.append(_dead_letter(message, exc.reason, exc.detail))
+                continue
+            sources.setdefault(event.event_id, message)
+            valid.append(PositionedEvent(event, message.partition() or 0, message.offset() or 0))
+        try:
+            outcome = self._commit(valid, letters, sources)
+        except DBAPIError as exc:
+            # A value the database refuses although it passed validation: isolate the culprits.
+            _log.warning("the database refused a batch (%s); storing events one by one", exc.orig)
+            outcome = self._commit_one_by_one(valid, letters, sources)
+        report = BatchReport(
+            consumed=len(messages),
+            stored=len(outcome.new_events),
+            duplicates=outcome.duplicates,
+            dead_lettered=len(letters),
+            sessions_written=len(outcome.sessions.upserted),
+            sessions_deleted=len(outcome.sessions.deleted),
+            slow_path_users=outcome.slow_path_users,
+        )
+        for letter in letters:
+            report.reasons[letter.reason] = report.reasons.get(letter.reason, 0) + 1
+        return report
+
+    def _commit(
+        self,
+        valid: Sequence[PositionedEvent],
+        letters: list[DeadLetter],
+        sources: Mapping[str, IncomingMessage],
+    ) -> BatchOutcome:
+        try:
+            with self.engine.begin() as conn:
+                outcome = write_batch(conn, events=valid, rules=self.rules)
+                if self.search is not None:
+                    letters.extend(_index(self.search, outcome, sources))
+                if letters:
+                    self.dead_letters.send(letters)
+        except DBAPIError as exc:
+            if _is_unavailable(exc):
+                msg = f"the database is unavailable: {exc.orig}"
+                raise TransientError(msg) from exc
+            raise
+        return outcome
+
+    def _commit_one_by_one(
+        self,
+        valid: Sequence[PositionedEvent],
+        letters: list[DeadLetter],
+        sources: Mapping[str, IncomingMessage],
+    ) -> BatchOutcome:
+        total = BatchOutcome()
+        for item in valid:
+            try:
+                total.add(self._commit([item], [], sources))
+            except DBAPIError as exc:
+                source = sources[item.event.event_id]
+                detail = f"database: {exc.orig}"
+                letters.append(_dead_letter(source, Reason.REJECTED_BY_SINK, detail))
+        if letters:
+            self.dead_letters.send(letters)
+        return total
+
+
+def _is_unavailable(exc: DBAPIError) -> bool:
+    return isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated
+
+
+def _index(
+    search: SearchIndex, outcome: BatchOutcome, sources: Mapping[str, IncomingMessage]
+) -> list[DeadLetter]:
+    letters: list[DeadLetter] = []
+    if outcome.new_events:
+        for rejection in search.index_events([_event_document(e) for e in outcome.new_events]):
+            source = sources.get(rejection.doc_id)
+            if source is not None:
+                letters.append(
+                    _dead_letter(source, rejection.reason, f"opensearch: {rejection.detail}")
+                )
+    if outcome.sessions.upserted or outcome.sessions.deleted:
+        rejected = search.upsert_sessions(
+            [_session_document(s) for s in outcome.sessions.upserted], outcome.sessions.deleted
+        )
+        by_id = {s.session_id: s for s in outcome.sessions.upserted}
+        for rejection in rejected:
+            session = by_id.get(rejection.doc_id)
+            document = _session_document(session) if session else {"session_id": rejection.doc_id}
+            letters.append(
+                DeadLetter(
+                    key=(session.user_id.encode() if session else None),
+                    value=json.dumps(document, default=str).encode(),
+                    reason=rejection.reason,
+                    detail=f"opensearch rejected session document: {rejection.detail}",
+                    source_topic="sessions",
+                    source_partition=-1,
+                    source_offset=-1,
+                )
+            )
+    return letters

@@ -1,0 +1,169 @@
+"""Typed settings, built once at each entry point.
+
+Every value comes, highest precedence first, from: explicit overrides (CLI flags),
+``CLICKSTREAM_*`` environment variables, the Pulumi stack outputs named by
+``CLICKSTREAM_STACK_OUTPUTS`` (see :mod:`clickstream.stack_outputs`), and the defaults below.
+Library code receives a :class:`Settings` object and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from clickstream.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Role", "Settings", "load_settings"]
+
+ENV_PREFIX = "CLICKSTREAM_"
+
+Role = Literal["producer", "consumer", "admin"]
+"""Which stack-output credentials to use: each Kafka client has its own least-privilege user."""
+
+
+class Settings(BaseSettings):
+    """Everything the producer, consumer, migrations and read side need to connect and behave.
+
+    Field ``foo_bar`` is set by the environment variable ``CLICKSTREAM_FOO_BAR``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", case_sensitive=False
+    )
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:19092",
+        description="Kafka bootstrap servers, host:port[,host:port...].",
+    )
+    kafka_ssl_ca: SecretStr | None = Field(
+        default=None, description="PEM of the CA that signed the brokers' certificates."
+    )
+    kafka_ssl_certificate: SecretStr | None = Field(
+        default=None, description="PEM client certificate (mutual TLS, as Aiven issues)."
+    )
+    kafka_ssl_key: SecretStr | None = Field(
+        default=None, description="PEM private key of the client certificate."
+    )
+    topic: str = Field(default="clickstream.events", description="Topic of click events.")
+    dlq_topic: str = Field(
+        default="clickstream.events.dlq", description="Dead-letter topic for invalid input."
+    )
+    consumer_group: str = Field(default="clickstream-consumer", description="Consumer group id.")
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite:///clickstream.db"),
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host:5432/db.",
+    )
+    opensearch_url: SecretStr = Field(
+        default=SecretStr(""),
+        description="OpenSearch URL with credentials; empty turns the OpenSearch sink off.",
+    )
+    opensearch_index_prefix: str = Field(
+        default="clickstream", description="Prefix of the OpenSearch indices and aliases."
+    )
+    dashboards_url: SecretStr = Field(
+        default=SecretStr(""), description="OpenSearch Dashboards URL (for the import command)."
+    )
+    session_gap_seconds: int = Field(
+        default=1800, gt=0, description="Inactivity gap that ends a session (seconds)."
+    )
+    session_max_seconds: int = Field(
+        default=86400, gt=0, description="Maximum session length from its first event (seconds)."
+    )
+    future_tolerance_seconds: int = Field(
+        default=300, ge=0, description="How far in the future occurred_at may lie (seconds)."
+    )
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                msg = f"expected host:port[,host:port...], got {value!r}"
+                raise ValueError(msg)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if "://" not in raw:
+            msg = "expected a SQLAlchemy URL such as postgresql+psycopg://user:pw@host:5432/db"
+            raise ValueError(msg)
+        return value
+
+    @property
+    def opensearch_enabled(self) -> bool:
+        """Whether the OpenSearch sink and read side are configured."""
+        return bool(self.opensearch_url.get_secret_value())
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only explicit values: load_settings() merges flags, the environment and the
+        # stack outputs itself, so constructing Settings never reads the process state.
+        return (init_settings,)
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]) or "?"
+        lines.append(f"{ENV_PREFIX}{name.upper()}: {item['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    *,
+    role: Role = "admin",
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings once, at an entry point.
+
+    Args:
+        role: whose credentials to take from the stack outputs (producer, consumer, admin).
+        overrides: values from CLI flags; ``None`` values are ignored.
+        environ: the environment to read (defaults to ``os.environ``).
+
+    Raises:
+        ConfigError: a value is malformed; the message names the ``CLICKSTREAM_*`` variable.
+    """
+    env = os.environ if environ is None else environ
+    stack_values: dict[str, Any] = {}
+    outputs_path = env.get(f"{ENV_PREFIX}STACK_OUTPUTS", "")
+    pulumi_stack = env.get(f"{ENV_PREFIX}PULUMI_STACK", "")
+    if outputs_path or pulumi_stack:
+        from clickstream import stack_outputs  # noqa: PLC0415 - only when configured
+
+        outputs = stack_outputs.read_stack_outputs(
+            path=outputs_path or None, stack=pulumi_stack or None
+        )
+        stack_values = stack_outputs.settings_values(outputs, role=role)
+    explicit = {key: value for key, value in (overrides or {}).items() if value is not None}
+    env_values = {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in env.items()
+        if key.upper().startswith(ENV_PREFIX)
+        and key[len(ENV_PREFIX) :].lower() in Settings.model_fields
+    }
+    merged = {**stack_values, **env_values, **explicit}
+
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc

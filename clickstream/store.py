@@ -1,0 +1,391 @@
+"""SQL sink: events, ``traffic_minute`` and sessions, written in one transaction per batch.
+
+Exactly-once effect under redelivery comes from three rules applied inside one transaction:
+
+* ``events`` insert with ``ON CONFLICT DO NOTHING ... RETURNING``: only the first stored copy of
+  an ``event_id`` counts, and the statement tells which events are new;
+* ``traffic_minute`` adds the measures of the *new* events only, so its totals always equal the
+  same aggregates over ``events``;
+* ``sessions`` rows are recomputed from events (never blindly incremented) for the runs of
+  activity that the new events touch (see :mod:`clickstream.sessions`); rows of superseded
+  sessions are deleted.
+
+The caller commits the transaction, and only then commits Kafka offsets. On PostgreSQL each
+batch takes transaction-scoped advisory locks on its visitors, so two consumers never
+re-sessionize the same visitor at once, even when a producer did not key by ``user_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Final
+
+from sqlalchemy import Connection, Row, delete, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+
+from clickstream.db.models import events_table, sessions_table, traffic_minute_table
+from clickstream.events import ClickEvent, EventType
+from clickstream.sessions import Session, SessionEvent, build_sessions, extend_session
+
+__all__ = [
+    "BatchOutcome",
+    "PositionedEvent",
+    "SessionChanges",
+    "SessionRules",
+    "session_row",
+    "write_batch",
+]
+
+_log = logging.getLogger(__name__)
+
+_SESSION_COLUMNS: Final = (
+    "session_id",
+    "user_id",
+    "started_at",
+    "ended_at",
+    "event_count",
+    "page_views",
+    "purchases",
+    "revenue",
+    "entry_page",
+    "exit_page",
+    "conversion_path",
+    "traffic_source",
+    "device_type",
+    "os",
+    "browser",
+    "country",
+    "city",
+)
+_EVENT_SESSION_COLUMNS: Final = (
+    "event_id",
+    "occurred_at",
+    "event_type",
+    "page_url",
+    "page_type",
+    "referrer_url",
+    "utm_source",
+    "device_type",
+    "os",
+    "browser",
+    "country",
+    "city",
+    "revenue",
+)
+_IN_CHUNK: Final = 5000  # bound the number of bind parameters of one IN (...)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRules:
+    """The session definition's two parameters."""
+
+    gap: timedelta = timedelta(minutes=30)
+    max_length: timedelta = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class PositionedEvent:
+    """A valid event and where it was read from."""
+
+    event: ClickEvent
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class SessionChanges:
+    """Session rows written (inserted or replaced) and ids of rows deleted by one batch."""
+
+    upserted: list[Session] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What one batch changed."""
+
+    new_events: list[ClickEvent] = field(default_factory=list)
+    duplicates: int = 0
+    sessions: SessionChanges = field(default_factory=SessionChanges)
+    slow_path_users: int = 0
+
+    def add(self, other: BatchOutcome) -> None:
+        """Accumulate another outcome into this one."""
+        self.new_events.extend(other.new_events)
+        self.duplicates += other.duplicates
+        self.sessions.upserted.extend(other.sessions.upserted)
+        self.sessions.deleted.extend(other.sessions.deleted)
+        self.slow_path_users += other.slow_path_users
+
+
+def write_batch(
+    conn: Connection, *, events: Sequence[PositionedEvent], rules: SessionRules
+) -> BatchOutcome:
+    """Store a batch of valid events inside the caller's open transaction.
+
+    Idempotent: writing the same events again (redelivery) changes nothing. Within the batch,
+    the first copy of an ``event_id`` (in the given order) is the one stored.
+    """
+    distinct: dict[str, PositionedEvent] = {}
+    for item in events:
+        distinct.setdefault(item.event.event_id, item)
+    if not distinct:
+        return BatchOutcome(duplicates=len(events))
+    if conn.dialect.name == "postgresql":
+        _lock_users(conn, {item.event.user_id for item in distinct.values()})
+    inserted_ids = _insert_events(conn, distinct.values())
+    new_events = [distinct[event_id].event for event_id in inserted_ids]
+    new_events.sort(key=lambda event: (event.occurred_at, event.event_id))
+    _add_traffic(conn, new_events)
+    changes, slow = _resessionize(conn, new_events, rules)
+    return BatchOutcome(new_events, len(events) - len(new_events), changes, slow)
+
+
+def _lock_users(conn: Connection, users: Iterable[str]) -> None:
+    keys = sorted(
+        int.from_bytes(hashlib.blake2b(user.encode(), digest_size=8).digest(), "big", signed=True)
+        for user in users
+    )
+    # Sorted keys: two batches that share visitors lock them in the same order (no deadlock).
+    conn.execute(
+        text(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k"
+        ),
+        {"keys": keys},
+    )
+
+
+def _insert_dialect(conn: Connection) -> Any:
+    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+
+
+def _event_row(item: PositionedEvent) -> dict[str, Any]:
+    row = item.event.model_dump()
+    row["kafka_partition"] = item.partition
+    row["kafka_offset"] = item.offset
+    return row
+
+
+def _insert_events(conn: Connection, items: Iterable[PositionedEvent]) -> list[str]:
+    insert = _insert_dialect(conn)
+    statement = (
+        insert(events_table)
+        .on_conflict_do_nothing(index_elements=[events_table.c.event_id])
+        .returning(events_table.c.event_id)
+    )
+    rows = [_event_row(item) for item in items]
+    result = conn.execute(statement, rows)
+    return [str(event_id).lower() for event_id in result.scalars()]
+
+
+def _add_traffic(conn: Connection, new_events: Sequence[ClickEvent]) -> None:
+    buckets: dict[tuple[datetime, str, str], list[Any]] = {}
+    for event in new_events:
+        minute = event.occurred_at.replace(second=0, microsecond=0)
+        key = (minute, event.device_type.value, event.country or "")
+        bucket = buckets.setdefault(key, [0, 0, 0, 0, Decimal("0.00")])
+        bucket[0] += 1
+        if event.event_type is EventType.PAGE_VIEW:
+            bucket[1] += 1
+        elif event.event_type is EventType.ADD_TO_CART:
+            bucket[2] += 1
+        elif event.event_type is EventType.PURCHASE:
+            bucket[3] += 1
+            bucket[4] += event.revenue or Decimal("0.00")
+    if not buckets:
+        return
+    rows = [
+        {
+            "minute": minute,
+            "device_type": device,
+            "country": country,
+            "events": counts[0],
+            "page_views": counts[1],
+            "add_to_carts": counts[2],
+            "purchases": counts[3],
+            "revenue": counts[4],
+        }
+        # Sorted: concurrent batches update shared rows in the same order (no deadlock).
+        for (minute, device, country), counts in sorted(buckets.items())
+    ]
+    table = traffic_minute_table
+    insert = _insert_dialect(conn)(table)
+    measures = ("events", "page_views", "add_to_carts", "purchases", "revenue")
+    statement = insert.on_conflict_do_update(
+        index_elements=[table.c.minute, table.c.device_type, table.c.country],
+        set_={name: table.c[name] + insert.excluded[name] for name in measures},
+    )
+    conn.execute(statement, rows)
+
+
+def _session_event(event: ClickEvent | Row[Any]) -> SessionEvent:
+    return SessionEvent(
+        event_id=str(event.event_id).lower(),
+        occurred_at=event.occurred_at,
+        event_type=str(event.event_type),
+        page_url=event.page_url,
+        page_type=str(event.page_type),
+        referrer_url=event.referrer_url,
+        utm_source=event.utm_source,
+        device_type=str(event.device_type),
+        os=event.os,
+        browser=event.browser,
+        country=event.country,
+        city=event.city,
+        revenue=event.revenue,
+    )
+
+
+def _session_from_row(row: Row[Any]) -> Session:
+    values = row._mapping
+    return Session(**{name: values[name] for name in _SESSION_COLUMNS})
+
+
+def session_row(session: Session) -> dict[str, Any]:
+    """The ``sessions`` table row of a session (every column but ``updated_at``)."""
+    row = {name: getattr(session, name) for name in _SESSION_COLUMNS}
+    row["duration_seconds"] = session.duration_seconds
+    row["converted"] = session.converted
+    row["bounced"] = session.bounced
+    return row
+
+
+def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start : start + _IN_CHUNK]
+
+
+def _sessions_near(
+    conn: Connection, users: Collection[str], low: datetime, high: datetime
+) -> dict[str, list[Session]]:
+    """Sessions of ``users`` overlapping ``[low, high]``, by user."""
+    table = sessions_table
+    found: dict[str, list[Session]] = defaultdict(list)
+    for chunk in _chunks(sorted(users)):
+        statement = select(*(table.c[name] for name in _SESSION_COLUMNS)).where(
+            table.c.user_id.in_(chunk), table.c.ended_at >= low, table.c.started_at <= high
+        )
+        for row in conn.execute(statement):
+            session = _session_from_row(row)
+            found[session.user_id].append(session)
+    return found
+
+
+def _events_between(
+    conn: Connection, users: Collection[str], low: datetime, high: datetime
+) -> dict[str, list[SessionEvent]]:
+    table = events_table
+    found: dict[str, list[SessionEvent]] = defaultdict(list)
+    columns = [table.c.user_id, *(table.c[name] for name in _EVENT_SESSION_COLUMNS)]
+    for chunk in _chunks(sorted(users)):
+        statement = select(*columns).where(
+            table.c.user_id.in_(chunk), table.c.occurred_at.between(low, high)
+        )
+        for row in conn.execute(statement):
+            found[row.user_id].append(_session_event(row))
+    return found
+
+
+def _overlapping(sessions: Iterable[Session], low: datetime, high: datetime) -> list[Session]:
+    return [s for s in sessions if s.ended_at >= low and s.started_at <= high]
+
+
+def _resessionize(
+    conn: Connection, new_events: Sequence[ClickEvent], rules: SessionRules
+) -> tuple[SessionChanges, int]:
+    changes = SessionChanges()
+    if not new_events:
+        return changes, 0
+    by_user: dict[str, list[SessionEvent]] = defaultdict(list)
+    for event in new_events:  # already in contract order
+        by_user[event.user_id].append(_session_event(event))
+    gap = rules.gap
+    low = min(event.occurred_at for event in new_events) - gap
+    high = max(event.occurred_at for event in new_events) + gap
+    nearby = _sessions_near(conn, by_user.keys(), low, high)
+
+    slow: dict[str, tuple[datetime, datetime]] = {}
+    for user, fresh in by_user.items():
+        first, last = fresh[0].occurred_at, fresh[-1].occurred_at
+        touched = _overlapping(nearby.get(user, ()), first - gap, last + gap)
+        if not touched:
+            changes.upserted.extend(
+                build_sessions(user, fresh, gap=gap, max_length=rules.max_length)
+            )
+            continue
+        if len(touched) == 1 and first > touched[0].ended_at:
+            extended = extend_session(touched[0], fresh, gap=gap, max_length=rules.max_length)
+            if extended is not None:
+                changes.upserted.extend(extended)
+                continue
+        # A late, tied or converting event: recompute the whole runs it touches.
+        slow[user] = (
+            min(first, *(s.started_at for s in touched)),
+            max(last, *(s.ended_at for s in touched)),
+        )
+    if slow:
+        _recompute(conn, slow, rules, changes)
+    _write_sessions(conn, changes)
+    return changes, len(slow)
+
+
+def _recompute(
+    conn: Connection,
+    windows: dict[str, tuple[datetime, datetime]],
+    rules: SessionRules,
+    changes: SessionChanges,
+) -> None:
+    gap = rules.gap
+    old: dict[str, list[Session]] = {}
+    pending = dict(windows)
+    # Grow each window until no stored session lies within `gap` of it: then the window holds
+    # whole runs of activity, whose sessions depend on nothing outside it.
+    while pending:
+        low = min(lo for lo, _ in pending.values()) - gap
+        high = max(hi for _, hi in pending.values()) + gap
+        nearby = _sessions_near(conn, pending.keys(), low, high)
+        grown: dict[str, tuple[datetime, datetime]] = {}
+        for user, (lo, hi) in pending.items():
+            touched = _overlapping(nearby.get(user, ()), lo - gap, hi + gap)
+            old[user] = touched
+            new_lo = min(lo, *(s.started_at for s in touched)) if touched else lo
+            new_hi = max(hi, *(s.ended_at for s in touched)) if touched else hi
+            if (new_lo, new_hi) != (lo, hi):
+                grown[user] = (new_lo, new_hi)
+            windows[user] = (new_lo, new_hi)
+        pending = grown
+    low = min(lo for lo, _ in windows.values())
+    high = max(hi for _, hi in windows.values())
+    stored = _events_between(conn, windows.keys(), low, high)
+    for user, (lo, hi) in windows.items():
+        events = [e for e in stored.get(user, ()) if lo <= e.occurred_at <= hi]
+        fresh = build_sessions(user, events, gap=gap, max_length=rules.max_length)
+        fresh_ids = {s.session_id for s in fresh}
+        previous = {s.session_id: s for s in old.get(user, ())}
+        changes.deleted.extend(sid for sid in previous if sid not in fresh_ids)
+        changes.upserted.extend(s for s in fresh if previous.get(s.session_id) != s)
+
+
+def _write_sessions(conn: Connection, changes: SessionChanges) -> None:
+    table = sessions_table
+    for chunk in _chunks(sorted(changes.deleted)):
+        conn.execute(delete(table).where(table.c.session_id.in_(chunk)))
+    if not changes.upserted:
+        return
+    insert = _insert_dialect(conn)(table)
+    replaced = [c.name for c in table.columns if c.name not in ("session_id", "updated_at")]
+    statement = insert.on_conflict_do_update(
+        index_elements=[table.c.session_id],
+        set_={
+            **{name: insert.excluded[name] for name in replaced},
+            "updated_at": func.now(),
+        },
+    )
+    rows = sorted((session_row(s) for s in changes.upserted), key=lambda r: r["session_id"])
+    conn.execute(statement, rows)

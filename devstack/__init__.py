@@ -1,0 +1,1 @@
+"""Development-only local stack: real Kafka, PostgreSQL and OpenSearch on loopback."""

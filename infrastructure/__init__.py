@@ -1,0 +1,1 @@
+"""The Pulumi program that provisions clickstream on Aiven."""
