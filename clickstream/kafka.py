@@ -6,10 +6,13 @@ librdkafka in memory (``ssl.*.pem``); nothing is written to disk.
 
 from __future__ import annotations
 
+import logging
+import time
+
 from clickstream.errors import ConfigError
 from clickstream.settings import Settings
 
-__all__ = ["kafka_client_config"]
+__all__ = ["kafka_client_config", "librdkafka_logger"]
 
 
 def kafka_client_config(settings: Settings) -> dict[str, str]:
@@ -29,9 +32,7 @@ def kafka_client_config(settings: Settings) -> dict[str, str]:
             config["ssl.ca.pem"] = ca.get_secret_value()
         return config
     if cert is None or key is None:
-        missing = (
-            "CLICKSTREAM_KAFKA_SSL_KEY" if key is None else "CLICKSTREAM_KAFKA_SSL_CERTIFICATE"
-        )
+        missing = "KAFKA_SSL_KEY" if key is None else "KAFKA_SSL_CERTIFICATE"
         msg = (
             f"CLICKSTREAM_{missing} is not set: a client certificate and its key go together "
             "(PEM text, e.g. from the Pulumi stack outputs)"
@@ -45,3 +46,36 @@ def kafka_client_config(settings: Settings) -> dict[str, str]:
     # Aiven's broker certificates name the service host, so keep hostname verification on.
     config["ssl.endpoint.identification.algorithm"] = "https"
     return config
+
+
+class _RepeatFilter(logging.Filter):
+    """Drop a message that was already logged in the last ``interval`` seconds.
+
+    librdkafka logs every failed reconnect (several a second while a broker is down); one line
+    per distinct message every few seconds says the same.
+    """
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self._interval = interval
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text, now = record.getMessage(), time.monotonic()
+        if now - self._last.get(text, -self._interval) < self._interval:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[text] = now
+        return True
+
+
+def librdkafka_logger() -> logging.Logger:
+    """The logger to pass as a client's ``"logger"``: librdkafka's own log lines, de-duplicated.
+
+    Without it librdkafka writes straight to stderr. Lines arrive when the client is polled.
+    """
+    logger = logging.getLogger("clickstream.librdkafka")
+    if not any(isinstance(f, _RepeatFilter) for f in logger.filters):
+        logger.addFilter(_RepeatFilter(interval=10.0))
+    return logger
