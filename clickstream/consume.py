@@ -94,7 +94,13 @@ def _build_search(settings: Settings, stop: threading.Event) -> SearchIndex:
     attempt = 0
     while True:
         try:
-            ensure_search_setup(client, prefix=settings.opensearch_index_prefix)
+            ensure_search_setup(
+                client,
+                prefix=settings.opensearch_index_prefix,
+                shards=settings.opensearch_shards,
+                replicas=settings.opensearch_replicas,
+                retention_days=settings.opensearch_retention_days,
+            )
             break
         except TransientError as exc:
             if stop.is_set():

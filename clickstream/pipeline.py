@@ -78,13 +78,15 @@ class DeadLetter:
         ]
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(Protocol):
     """A document that OpenSearch refused for a reason retrying cannot fix."""
 
-    doc_id: str
-    reason: str
-    detail: str
+    @property
+    def doc_id(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
 
 
 class SearchIndex(Protocol):

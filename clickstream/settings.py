@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     opensearch_index_prefix: str = Field(
         default="clickstream", description="Prefix of the OpenSearch indices and aliases."
     )
+    opensearch_shards: int = Field(default=1, ge=1, description="Primary shards per index.")
+    opensearch_replicas: int = Field(default=0, ge=0, description="Replicas per shard.")
+    opensearch_retention_days: int = Field(
+        default=90, ge=1, description="Days before ISM deletes a daily events index."
+    )
     dashboards_url: SecretStr = Field(
         default=SecretStr(""), description="OpenSearch Dashboards URL (for the import command)."
     )

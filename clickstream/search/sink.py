@@ -1,0 +1,326 @@
+"""Bulk indexing of stored events and sessions into OpenSearch (the consumer's search sink).
+
+The consumer calls the sink after PostgreSQL committed a batch and before it commits the Kafka
+offsets, so every write here must be idempotent under redelivery:
+
+* events are written with ``op_type=create`` and ``_id = event_id`` into the daily index of their
+  ``occurred_at``; a redelivered event hits the same index and id and gets ``409``, which counts
+  as done (the first stored copy wins, as in PostgreSQL);
+* sessions are replaced by ``_id = session_id`` through the sessions alias, and superseded ids
+  are deleted (a ``404`` counts as done).
+
+Failures are split three ways. ``429``, ``5xx``, connection errors and a ``cluster_block`` (a full
+disk) are retried with exponential backoff, then raise :class:`~clickstream.errors.TransientError`
+so the consumer pauses without committing offsets. A ``400`` on one document (mapping, parse
+error) is returned as a :class:`Rejected` for the dead-letter topic. Anything else (bad
+credentials, missing alias) raises :class:`~clickstream.errors.SinkError`: retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from opensearchpy import OpenSearch
+from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
+from opensearchpy.exceptions import SSLError, TransportError
+from opensearchpy.helpers import streaming_bulk
+
+from clickstream.errors import SinkError, TransientError
+from clickstream.search.documents import DocumentError, event_document, session_document
+from clickstream.search.indices import events_index, sessions_alias, validate_prefix
+
+__all__ = [
+    "REJECTED_REASON",
+    "Outcome",
+    "Rejected",
+    "SearchSink",
+    "classify_item",
+    "describe_error",
+]
+
+logger = logging.getLogger(__name__)
+
+REJECTED_REASON: Final = "search_rejected"
+"""Dead-letter reason code of documents OpenSearch (or the sink) refused."""
+
+Outcome = Literal["done", "retry", "reject", "fatal"]
+Operation = Literal["create", "index", "delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A document that will never be accepted as it is; route its source to the dead letters.
+
+    Attributes:
+        doc_id: the ``event_id`` or ``session_id``.
+        reason: the stable code :data:`REJECTED_REASON`.
+        detail: what OpenSearch (or the sink) said, naming the field where it can.
+    """
+
+    doc_id: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Action:
+    op: Operation
+    index: str
+    doc_id: str
+    source: Mapping[str, Any] | None = None
+    require_alias: bool = False
+
+    def bulk_lines(self) -> tuple[dict[str, Any], Mapping[str, Any] | None]:
+        meta: dict[str, Any] = {"_index": self.index, "_id": self.doc_id}
+        if self.require_alias:
+            meta["require_alias"] = True
+        return {self.op: meta}, self.source
+
+
+def _error_type(error: Any) -> str:
+    if isinstance(error, Mapping):
+        return str(error.get("type", ""))
+    return ""
+
+
+def describe_error(error: Any) -> str:
+    """One line from a bulk item's ``error`` object: type, reason and the innermost cause."""
+    if not isinstance(error, Mapping):
+        return str(error)
+    parts = [f"{error.get('type', 'error')}: {error.get('reason', '')}".rstrip(": ")]
+    cause = error.get("caused_by")
+    while isinstance(cause, Mapping):
+        parts.append(f"{cause.get('type', 'error')}: {cause.get('reason', '')}".rstrip(": "))
+        cause = cause.get("caused_by")
+    return " <- ".join(parts)
+
+
+def classify_item(op: Operation, status: int, error: Any = None) -> Outcome:
+    """What a bulk item result means for an idempotent writer.
+
+    * 2xx, ``create`` answered 409 (already indexed), ``delete`` of a missing document (404
+      without an error object): ``done``;
+    * 429, 5xx and 403 ``cluster_block_exception`` (read-only index after a full disk): ``retry``;
+    * other 400s (mapping or parse errors of this document): ``reject``;
+    * everything else (401/403 security, 404 missing index or alias, ...): ``fatal``.
+    """
+    if 200 <= status < 300:
+        return "done"
+    if op == "create" and status == 409:
+        return "done"
+    if op == "delete" and status == 404 and error is None:
+        return "done"  # a missing document; a missing index or alias comes with an error
+    if status == 429 or status >= 500:
+        return "retry"
+    if status == 403 and _error_type(error) == "cluster_block_exception":
+        return "retry"
+    if status == 400:
+        return "reject"
+    return "fatal"
+
+
+def _transient_request_error(exc: TransportError) -> bool:
+    if isinstance(exc, SSLError):
+        return False  # certificate problems are configuration, not load
+    if isinstance(exc, OpenSearchConnectionError):
+        return True
+    status = exc.status_code
+    return isinstance(status, int) and (status == 429 or status >= 500)
+
+
+def _identity(action: Any) -> Any:
+    return action
+
+
+class SearchSink:
+    """Writes stored events and sessions to OpenSearch with idempotent bulk requests.
+
+    Args:
+        client: from :func:`clickstream.search.client.make_client`.
+        prefix: the index prefix given to :func:`clickstream.search.setup.ensure_search_setup`.
+        chunk_size: documents per bulk request.
+        max_chunk_bytes: upper bound of one bulk request body.
+        max_attempts: tries per document before :class:`TransientError` (1 = no retry).
+        initial_backoff: seconds before the second try; doubled for each further try.
+        max_backoff: upper bound of one wait, in seconds.
+        sleep: how to wait (tests pass a recorder).
+    """
+
+    def __init__(
+        self,
+        client: OpenSearch,
+        prefix: str,
+        *,
+        chunk_size: int = 500,
+        max_chunk_bytes: int = 5 * 1024 * 1024,
+        max_attempts: int = 6,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if chunk_size < 1 or max_chunk_bytes < 1 or max_attempts < 1:
+            msg = "chunk_size, max_chunk_bytes and max_attempts must be positive"
+            raise ValueError(msg)
+        self._client = client
+        self._prefix = validate_prefix(prefix)
+        self._chunk_size = chunk_size
+        self._max_chunk_bytes = max_chunk_bytes
+        self._max_attempts = max_attempts
+        self._initial_backoff = initial_backoff
+        self._max_backoff = max_backoff
+        self._sleep = sleep
+
+    def index_events(self, events: Sequence[Mapping[str, Any]]) -> list[Rejected]:
+        """Index ``events`` (rows as stored in ``events``) into their daily indices.
+
+        Idempotent: re-indexing a batch, in whole or in part, leaves one document per
+        ``event_id``. Pass the *stored* rows (the first copy of an id wins), so a redelivered
+        duplicate maps to the same daily index as the original.
+
+        Returns:
+            The documents that were refused (a 400 from OpenSearch, or a row the sink cannot
+            convert); all others are indexed (or were already) when this returns.
+
+        Raises:
+            TransientError: OpenSearch stayed unavailable or overloaded for all attempts.
+            SinkError: an error retrying cannot fix (credentials, permissions, TLS, ...).
+        """
+        actions: list[_Action] = []
+        rejected: list[Rejected] = []
+        for row in events:
+            try:
+                event_id, occurred_at, document = event_document(row)
+            except DocumentError as exc:
+                rejected.append(_rejected_row(row, "event_id", exc))
+                continue
+            index = events_index(self._prefix, occurred_at)
+            actions.append(_Action("create", index, event_id, document))
+        rejected.extend(self._execute(actions))
+        logger.debug("indexed %d events, %d rejected", len(actions), len(rejected))
+        return rejected
+
+    def upsert_sessions(
+        self,
+        sessions: Sequence[Mapping[str, Any]],
+        deleted_session_ids: Sequence[str],
+    ) -> list[Rejected]:
+        """Replace ``sessions`` by ``session_id`` and delete ``deleted_session_ids``.
+
+        Each session document is replaced as a whole (rows are complete). An id that is both
+        upserted and deleted is kept (upserted): the rows are the current state. Deleting an id
+        that does not exist is fine. Idempotent under repetition.
+
+        Returns:
+            The session documents OpenSearch refused (400), as :class:`Rejected`.
+
+        Raises:
+            TransientError: OpenSearch stayed unavailable or overloaded for all attempts.
+            SinkError: an error retrying cannot fix (credentials, missing alias, ...).
+        """
+        alias = sessions_alias(self._prefix)
+        upserts: list[_Action] = []
+        rejected: list[Rejected] = []
+        for row in sessions:
+            try:
+                session_id, document = session_document(row)
+            except DocumentError as exc:
+                rejected.append(_rejected_row(row, "session_id", exc))
+                continue
+            upserts.append(_Action("index", alias, session_id, document, require_alias=True))
+        kept = {action.doc_id for action in upserts}
+        deletes = [
+            _Action("delete", alias, session_id, require_alias=True)
+            for session_id in dict.fromkeys(deleted_session_ids)
+            if session_id not in kept
+        ]
+        rejected.extend(self._execute(deletes + upserts))
+        logger.debug(
+            "upserted %d sessions, deleted %d, %d rejected",
+            len(upserts),
+            len(deletes),
+            len(rejected),
+        )
+        return rejected
+
+    def _bulk(self, actions: Sequence[_Action]) -> Iterator[tuple[bool, dict[str, Any]]]:
+        results: Iterable[tuple[bool, dict[str, Any]]] = streaming_bulk(
+            self._client,
+            (action.bulk_lines() for action in actions),
+            chunk_size=self._chunk_size,
+            max_chunk_bytes=self._max_chunk_bytes,
+            raise_on_error=False,
+            raise_on_exception=True,
+            expand_action_callback=_identity,
+            max_retries=0,
+            yield_ok=True,
+        )
+        yield from results
+
+    def _execute(self, actions: Sequence[_Action]) -> list[Rejected]:
+        """Run ``actions``, retrying what may succeed later; return the refused documents."""
+        pending = list(actions)
+        rejected: list[Rejected] = []
+        last_problem = ""
+        for attempt in range(1, self._max_attempts + 1):
+            if not pending:
+                return rejected
+            if attempt > 1:
+                delay = min(self._max_backoff, self._initial_backoff * 2 ** (attempt - 2))
+                logger.warning(
+                    "OpenSearch bulk: retrying %d actions in %.1fs (attempt %d of %d): %s",
+                    len(pending),
+                    delay,
+                    attempt,
+                    self._max_attempts,
+                    last_problem,
+                )
+                self._sleep(delay)
+            retry: list[_Action] = []
+            processed = 0
+            try:
+                for action, (_ok, result) in zip(pending, self._bulk(pending), strict=False):
+                    processed += 1
+                    item = next(iter(result.values()))
+                    status = int(item.get("status", 500))
+                    error = item.get("error")
+                    outcome = classify_item(action.op, status, error)
+                    if outcome == "retry":
+                        retry.append(action)
+                        last_problem = f"{status} {describe_error(error)}"
+                    elif outcome == "reject":
+                        rejected.append(
+                            Rejected(action.doc_id, REJECTED_REASON, describe_error(error))
+                        )
+                    elif outcome == "fatal":
+                        msg = (
+                            f"OpenSearch refused {action.op} of {action.doc_id!r} in "
+                            f"{action.index!r} with {status}: {describe_error(error)}"
+                        )
+                        raise SinkError(msg)
+            except TransportError as exc:
+                if not _transient_request_error(exc):
+                    msg = f"OpenSearch bulk request failed: {exc}"
+                    raise SinkError(msg) from exc
+                # The unanswered actions are sent again: every action is idempotent, so one
+                # that reached OpenSearch before the connection broke does no harm.
+                retry.extend(pending[processed:])
+                last_problem = str(exc)
+            else:
+                # Never drop an action silently, even if a response had fewer items.
+                retry.extend(pending[processed:])
+            pending = retry
+        if not pending:
+            return rejected
+        msg = (
+            f"OpenSearch did not accept {len(pending)} actions after {self._max_attempts} "
+            f"attempts: {last_problem}"
+        )
+        raise TransientError(msg)
+
+
+def _rejected_row(row: Mapping[str, Any], id_field: str, exc: DocumentError) -> Rejected:
+    return Rejected(str(row.get(id_field) or ""), REJECTED_REASON, str(exc))
