@@ -47,6 +47,7 @@ class ConsumerOptions:
     exit_when_idle: float | None = None
     progress_interval: float = 10.0
     opensearch: bool = True
+    session_timeout: float = 45.0
 
 
 class _Stop:
@@ -219,6 +220,7 @@ def run(
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
             "isolation.level": "read_committed",
+            "session.timeout.ms": int(options.session_timeout * 1000),
         }
     )
     consumer.subscribe([settings.topic], on_assign=_on_assign, on_revoke=_on_revoke)
@@ -264,7 +266,7 @@ def _loop(
         if not batch:
             progress.maybe_log(consumer)
             idle = time.monotonic() - last_message
-            if _caught_up(consumer, idle, options.exit_when_idle):
+            if _caught_up(consumer, idle, options.exit_when_idle, options.session_timeout):
                 _log.info("caught up and idle for %.0fs: exiting", idle)
                 return
             continue
@@ -284,11 +286,16 @@ def _loop(
         progress.maybe_log(consumer)
 
 
-def _caught_up(consumer: Consumer, idle: float, limit: float | None) -> bool:
+def _caught_up(
+    consumer: Consumer, idle: float, limit: float | None, session_timeout: float
+) -> bool:
     if limit is None or idle < limit:
         return False
-    # Idle but lagging means the group is still (re)balancing; give that 30 s more at most.
-    return _lag(consumer) == 0 or idle >= limit + 30
+    if consumer.assignment():
+        return _lag(consumer) == 0
+    # No partitions yet: the group may still be waiting for a dead member's session to time
+    # out. Give up only well after that (more consumers than partitions, for example).
+    return idle >= limit + session_timeout + 15
 
 
 def _is_error(message: Message) -> bool:
@@ -354,6 +361,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often to log throughput and lag (default 10)",
     )
+    parser.add_argument(
+        "--session-timeout",
+        type=float,
+        default=45.0,
+        metavar="SECONDS",
+        help="how soon the group reassigns the partitions of a consumer that died (default 45;"
+        " the broker allows 6 to 1800)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     return parser
 
@@ -388,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             exit_when_idle=args.exit_when_idle,
             progress_interval=args.progress_interval,
             opensearch=not args.no_opensearch,
+            session_timeout=args.session_timeout,
         )
         total = run(settings, options, stop=stop.event)
     except ClickstreamError as exc:

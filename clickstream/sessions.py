@@ -28,16 +28,20 @@ from typing import Final
 from urllib.parse import urlsplit
 
 __all__ = [
+    "FUNNEL_STEPS",
     "PATH_SEPARATOR",
     "Session",
     "SessionEvent",
     "build_sessions",
     "extend_session",
+    "funnel_advance",
     "session_id_for",
     "traffic_source",
 ]
 
 PATH_SEPARATOR: Final = " > "
+FUNNEL_STEPS: Final = ("page_view", "product_view", "add_to_cart", "begin_checkout", "purchase")
+"""The conversion funnel, in order. A session's ``funnel_step`` is how many it reached."""
 _SESSION_NAMESPACE: Final = uuid.UUID("5b0a7a52-3f6c-4c1e-9a47-0d3c2f1e8b61")
 
 
@@ -86,6 +90,7 @@ class Session:
     browser: str | None
     country: str | None
     city: str | None
+    funnel_step: int = 0
 
     @property
     def duration_seconds(self) -> float:
@@ -121,6 +126,26 @@ def traffic_source(utm_source: str | None, referrer_url: str | None) -> str:
     return "direct"
 
 
+def funnel_advance(step: int, event_type: str, page_type: str) -> int:
+    """The funnel step reached after one more event, given the step reached before it.
+
+    Steps must be reached in order. One event can complete consecutive steps at once: a
+    visit that lands on a product page has both viewed a page and viewed a product.
+    """
+    if event_type == "page_view":
+        if step == 0:
+            step = 1
+        if step == 1 and page_type == "product":
+            step = 2
+    elif (
+        (step == 2 and event_type == "add_to_cart")
+        or (step == 3 and event_type == "begin_checkout")
+        or (step == 4 and event_type == "purchase")
+    ):
+        step += 1
+    return step
+
+
 def _collapse(path: list[str], page_type: str) -> None:
     if not path or path[-1] != page_type:
         path.append(page_type)
@@ -129,7 +154,17 @@ def _collapse(path: list[str], page_type: str) -> None:
 class _Builder:
     """Accumulates one session; events must be added in contract order."""
 
-    __slots__ = ("done", "events", "first", "last", "page_views", "path", "purchases", "revenue")
+    __slots__ = (
+        "done",
+        "events",
+        "first",
+        "funnel",
+        "last",
+        "page_views",
+        "path",
+        "purchases",
+        "revenue",
+    )
 
     def __init__(self, first: SessionEvent) -> None:
         self.first = first
@@ -140,11 +175,13 @@ class _Builder:
         self.revenue = Decimal("0.00")
         self.path: list[str] = []
         self.done = False  # the conversion path ends at the first purchase
+        self.funnel = 0
         self.add(first)
 
     def add(self, event: SessionEvent) -> None:
         self.last = event
         self.events += 1
+        self.funnel = funnel_advance(self.funnel, event.event_type, event.page_type)
         if event.event_type == "page_view":
             self.page_views += 1
         if not self.done:
@@ -174,6 +211,7 @@ class _Builder:
             browser=first.browser,
             country=first.country,
             city=first.city,
+            funnel_step=self.funnel,
         )
 
 
@@ -250,6 +288,7 @@ def extend_session(
             ended_at=event.occurred_at,
             exit_page=event.page_url,
             event_count=updated.event_count + 1,
+            funnel_step=funnel_advance(updated.funnel_step, event.event_type, event.page_type),
             page_views=updated.page_views + (event.event_type == "page_view"),
             purchases=updated.purchases + (event.event_type == "purchase"),
             revenue=updated.revenue + (event.revenue or Decimal("0.00"))

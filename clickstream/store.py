@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
-from sqlalchemy import Connection, Row, delete, func, select, text
+from sqlalchemy import Connection, Table, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from clickstream.db.models import events_table, sessions_table, traffic_minute_table
@@ -167,19 +167,59 @@ def _insert_dialect(conn: Connection) -> Any:
 
 def _event_row(item: PositionedEvent) -> dict[str, Any]:
     row = item.event.model_dump()
+    for name in ("event_type", "page_type", "device_type"):
+        row[name] = str(row[name])
     row["kafka_partition"] = item.partition
     row["kafka_offset"] = item.offset
     return row
 
 
+def _copy_insert(
+    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], suffix: str
+) -> list[Any]:
+    """PostgreSQL: COPY the rows into a temporary twin of ``table``, then one INSERT ... SELECT.
+
+    COPY is the fastest way into PostgreSQL; the INSERT adds what COPY cannot (``ON CONFLICT``,
+    ``RETURNING``). The twin is emptied at commit. Returns the rows of ``RETURNING``, if any.
+    """
+    columns = list(rows[0])
+    quote = conn.dialect.identifier_preparer.quote
+    names = ", ".join(quote(c) for c in columns)
+    twin = quote(f"incoming_{table.name}")
+    driver = conn.connection.driver_connection
+    if driver is None:  # pragma: no cover - a live connection always has one
+        msg = "no DB-API connection"
+        raise RuntimeError(msg)
+    with driver.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {twin} (LIKE {quote(table.name)} INCLUDING DEFAULTS) "
+            "ON COMMIT DELETE ROWS"
+        )
+        with cursor.copy(f"COPY {twin} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
+        cursor.execute(
+            f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} FROM {twin} {suffix}"
+        )
+        return cursor.fetchall() if cursor.description else []
+
+
 def _insert_events(conn: Connection, items: Iterable[PositionedEvent]) -> list[str]:
+    rows = [_event_row(item) for item in items]
+    if conn.dialect.name == "postgresql":
+        returned = _copy_insert(
+            conn,
+            events_table,
+            rows,
+            "ON CONFLICT (event_id) DO NOTHING RETURNING CAST(event_id AS text)",
+        )
+        return [str(row[0]) for row in returned]
     insert = _insert_dialect(conn)
     statement = (
         insert(events_table)
         .on_conflict_do_nothing(index_elements=[events_table.c.event_id])
         .returning(events_table.c.event_id)
     )
-    rows = [_event_row(item) for item in items]
     result = conn.execute(statement, rows)
     return [str(event_id).lower() for event_id in result.scalars()]
 
@@ -215,8 +255,14 @@ def _add_traffic(conn: Connection, new_events: Sequence[ClickEvent]) -> None:
         for (minute, device, country), counts in sorted(buckets.items())
     ]
     table = traffic_minute_table
-    insert = _insert_dialect(conn)(table)
     measures = ("events", "page_views", "add_to_carts", "purchases", "revenue")
+    if conn.dialect.name == "postgresql":
+        added = ", ".join(f"{m} = traffic_minute.{m} + excluded.{m}" for m in measures)
+        _copy_insert(
+            conn, table, rows, f"ON CONFLICT (minute, device_type, country) DO UPDATE SET {added}"
+        )
+        return
+    insert = _insert_dialect(conn)(table)
     statement = insert.on_conflict_do_update(
         index_elements=[table.c.minute, table.c.device_type, table.c.country],
         set_={name: table.c[name] + insert.excluded[name] for name in measures},
@@ -224,9 +270,9 @@ def _add_traffic(conn: Connection, new_events: Sequence[ClickEvent]) -> None:
     conn.execute(statement, rows)
 
 
-def _session_event(event: ClickEvent | Row[Any]) -> SessionEvent:
+def _session_event(event: ClickEvent) -> SessionEvent:
     return SessionEvent(
-        event_id=str(event.event_id).lower(),
+        event_id=event.event_id,
         occurred_at=event.occurred_at,
         event_type=str(event.event_type),
         page_url=event.page_url,
@@ -240,11 +286,6 @@ def _session_event(event: ClickEvent | Row[Any]) -> SessionEvent:
         city=event.city,
         revenue=event.revenue,
     )
-
-
-def _session_from_row(row: Row[Any]) -> Session:
-    values = row._mapping
-    return Session(**{name: values[name] for name in _SESSION_COLUMNS})
 
 
 def session_row(session: Session) -> dict[str, Any]:
@@ -261,34 +302,86 @@ def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
         yield values[start : start + _IN_CHUNK]
 
 
-def _sessions_near(
-    conn: Connection, users: Collection[str], low: datetime, high: datetime
-) -> dict[str, list[Session]]:
-    """Sessions of ``users`` overlapping ``[low, high]``, by user."""
-    table = sessions_table
+Windows = Mapping[str, tuple[datetime, datetime]]
+"""Per visitor, an inclusive time window ``(low, high)``."""
+
+
+def _window_arrays(windows: Windows) -> dict[str, list[Any]]:
+    users = sorted(windows)
+    return {
+        "users": users,
+        "lows": [windows[u][0] for u in users],
+        "highs": [windows[u][1] for u in users],
+    }
+
+
+_WINDOWS_SQL: Final = (
+    "unnest(CAST(:users AS text[]), CAST(:lows AS timestamptz[]), CAST(:highs AS timestamptz[]))"
+    " AS w(user_id, low, high)"
+)
+
+
+def _sessions_near(conn: Connection, windows: Windows) -> dict[str, list[Session]]:
+    """Per visitor, the stored sessions overlapping that visitor's window."""
     found: dict[str, list[Session]] = defaultdict(list)
-    for chunk in _chunks(sorted(users)):
+    if conn.dialect.name == "postgresql":
+        columns = ", ".join(f"s.{name}" for name in _SESSION_COLUMNS)
+        rows = conn.execute(
+            text(
+                f"SELECT {columns} FROM sessions AS s JOIN {_WINDOWS_SQL}"
+                " ON s.user_id = w.user_id AND s.ended_at >= w.low AND s.started_at <= w.high"
+            ),
+            _window_arrays(windows),
+        )
+        for row in rows:
+            found[row[1]].append(Session(*row))
+        return found
+    table = sessions_table
+    low = min(lo for lo, _ in windows.values())
+    high = max(hi for _, hi in windows.values())
+    for chunk in _chunks(sorted(windows)):
         statement = select(*(table.c[name] for name in _SESSION_COLUMNS)).where(
             table.c.user_id.in_(chunk), table.c.ended_at >= low, table.c.started_at <= high
         )
         for row in conn.execute(statement):
-            session = _session_from_row(row)
-            found[session.user_id].append(session)
+            session = Session(*row)
+            lo, hi = windows[session.user_id]
+            if session.ended_at >= lo and session.started_at <= hi:
+                found[session.user_id].append(session)
     return found
 
 
-def _events_between(
-    conn: Connection, users: Collection[str], low: datetime, high: datetime
-) -> dict[str, list[SessionEvent]]:
-    table = events_table
+def _events_in(conn: Connection, windows: Windows) -> dict[str, list[SessionEvent]]:
+    """Per visitor, the stored events inside that visitor's window."""
     found: dict[str, list[SessionEvent]] = defaultdict(list)
-    columns = [table.c.user_id, *(table.c[name] for name in _EVENT_SESSION_COLUMNS)]
-    for chunk in _chunks(sorted(users)):
-        statement = select(*columns).where(
+    if conn.dialect.name == "postgresql":
+        columns = ", ".join(
+            "CAST(e.event_id AS text)" if name == "event_id" else f"e.{name}"
+            for name in _EVENT_SESSION_COLUMNS
+        )
+        rows = conn.execute(
+            text(
+                f"SELECT e.user_id, {columns} FROM events AS e JOIN {_WINDOWS_SQL}"
+                " ON e.user_id = w.user_id AND e.occurred_at BETWEEN w.low AND w.high"
+            ),
+            _window_arrays(windows),
+        )
+        for row in rows:
+            found[row[0]].append(SessionEvent(*row[1:]))
+        return found
+    table = events_table
+    low = min(lo for lo, _ in windows.values())
+    high = max(hi for _, hi in windows.values())
+    selected = [table.c.user_id, *(table.c[name] for name in _EVENT_SESSION_COLUMNS)]
+    for chunk in _chunks(sorted(windows)):
+        statement = select(*selected).where(
             table.c.user_id.in_(chunk), table.c.occurred_at.between(low, high)
         )
         for row in conn.execute(statement):
-            found[row.user_id].append(_session_event(row))
+            lo, hi = windows[row[0]]
+            if lo <= row[2] <= hi:
+                event = SessionEvent(*row[1:])
+                found[row[0]].append(event)
     return found
 
 
@@ -306,9 +399,13 @@ def _resessionize(
     for event in new_events:  # already in contract order
         by_user[event.user_id].append(_session_event(event))
     gap = rules.gap
-    low = min(event.occurred_at for event in new_events) - gap
-    high = max(event.occurred_at for event in new_events) + gap
-    nearby = _sessions_near(conn, by_user.keys(), low, high)
+    nearby = _sessions_near(
+        conn,
+        {
+            user: (fresh[0].occurred_at - gap, fresh[-1].occurred_at + gap)
+            for user, fresh in by_user.items()
+        },
+    )
 
     slow: dict[str, tuple[datetime, datetime]] = {}
     for user, fresh in by_user.items():
@@ -347,9 +444,9 @@ def _recompute(
     # Grow each window until no stored session lies within `gap` of it: then the window holds
     # whole runs of activity, whose sessions depend on nothing outside it.
     while pending:
-        low = min(lo for lo, _ in pending.values()) - gap
-        high = max(hi for _, hi in pending.values()) + gap
-        nearby = _sessions_near(conn, pending.keys(), low, high)
+        nearby = _sessions_near(
+            conn, {user: (lo - gap, hi + gap) for user, (lo, hi) in pending.items()}
+        )
         grown: dict[str, tuple[datetime, datetime]] = {}
         for user, (lo, hi) in pending.items():
             touched = _overlapping(nearby.get(user, ()), lo - gap, hi + gap)
@@ -360,11 +457,9 @@ def _recompute(
                 grown[user] = (new_lo, new_hi)
             windows[user] = (new_lo, new_hi)
         pending = grown
-    low = min(lo for lo, _ in windows.values())
-    high = max(hi for _, hi in windows.values())
-    stored = _events_between(conn, windows.keys(), low, high)
-    for user, (lo, hi) in windows.items():
-        events = [e for e in stored.get(user, ()) if lo <= e.occurred_at <= hi]
+    stored = _events_in(conn, windows)
+    for user in windows:
+        events = stored.get(user, [])
         fresh = build_sessions(user, events, gap=gap, max_length=rules.max_length)
         fresh_ids = {s.session_id for s in fresh}
         previous = {s.session_id: s for s in old.get(user, ())}
@@ -378,8 +473,18 @@ def _write_sessions(conn: Connection, changes: SessionChanges) -> None:
         conn.execute(delete(table).where(table.c.session_id.in_(chunk)))
     if not changes.upserted:
         return
-    insert = _insert_dialect(conn)(table)
+    rows = sorted((session_row(s) for s in changes.upserted), key=lambda r: r["session_id"])
     replaced = [c.name for c in table.columns if c.name not in ("session_id", "updated_at")]
+    if conn.dialect.name == "postgresql":
+        assignments = ", ".join(f"{name} = excluded.{name}" for name in replaced)
+        _copy_insert(
+            conn,
+            table,
+            rows,
+            f"ON CONFLICT (session_id) DO UPDATE SET {assignments}, updated_at = now()",
+        )
+        return
+    insert = _insert_dialect(conn)(table)
     statement = insert.on_conflict_do_update(
         index_elements=[table.c.session_id],
         set_={
@@ -387,5 +492,4 @@ def _write_sessions(conn: Connection, changes: SessionChanges) -> None:
             "updated_at": func.now(),
         },
     )
-    rows = sorted((session_row(s) for s in changes.upserted), key=lambda r: r["session_id"])
     conn.execute(statement, rows)

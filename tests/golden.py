@@ -210,10 +210,10 @@ CASES: list[GoldenCase] = [
     GoldenCase(
         "equal_timestamps",
         [
-            # Same instant: order by lower-case event_id, so ...00b (written upper case) comes
-            # after ...00a although "B" sorts before "a" in raw text.
-            GoldenEvent(event(0xB, "ties", "2024-05-01T12:00:00Z", page="/bee", upper_id=True)),
-            GoldenEvent(event(0xA, "ties", "2024-05-01T12:00:00Z", page="/ay")),
+            # Same instant: order by lower-case event_id, so ...0bb (written upper case) comes
+            # after ...0aa although "B" sorts before "a" in raw text.
+            GoldenEvent(event(0xBB, "ties", "2024-05-01T12:00:00Z", page="/bee", upper_id=True)),
+            GoldenEvent(event(0xAA, "ties", "2024-05-01T12:00:00Z", page="/ay")),
         ],
         [
             ExpectedSession(

@@ -1,0 +1,46 @@
+"""Fixtures for the pipeline's integration tests, on top of the shared ones in tests/conftest.py."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from clickstream.db.migrate import upgrade
+
+
+@pytest.fixture
+def migrated_database_url(database_url: str) -> str:
+    """A fresh PostgreSQL database with the schema at Alembic's head."""
+    upgrade(database_url)
+    return database_url
+
+
+@dataclass(frozen=True)
+class Topics:
+    events: str
+    dlq: str
+
+
+@pytest.fixture
+def topics(stack, kafka_topic_factory: Callable[..., str]) -> Iterator[Callable[[int], Topics]]:
+    """Factory: a fresh events topic with N partitions and its dead-letter topic (``.dlq``)."""
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    created: list[str] = []
+
+    def make(partitions: int = 3) -> Topics:
+        events = kafka_topic_factory(partitions)
+        dlq = events + ".dlq"
+        for future in admin.create_topics([NewTopic(dlq, 1, 1)]).values():
+            future.result(30)
+        created.append(dlq)
+        return Topics(events, dlq)
+
+    yield make
+    if created:
+        for future in admin.delete_topics(created).values():
+            with contextlib.suppress(Exception):  # best-effort cleanup
+                future.result(30)

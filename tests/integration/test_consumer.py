@@ -1,0 +1,410 @@
+"""The consumer against real Kafka and PostgreSQL: golden sessions, order independence,
+dead letters, crashes, outages and consumer groups. Tables must be exact afterwards."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.golden import CASES, ExpectedSession, all_sessions
+from tests.support import (
+    blackout,
+    consumer_env,
+    expected_sessions,
+    kill_hard,
+    per_minute_mismatches,
+    produce,
+    produce_events,
+    random_events,
+    read_all,
+    run_consumer,
+    scalar,
+    snapshot,
+    start_consumer,
+    traffic_matches_events,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _env(stack, topics, database_url: str, **extra: str) -> dict[str, str]:
+    return consumer_env(
+        bootstrap=stack.kafka_bootstrap,
+        topic=topics.events,
+        group=f"test-{uuid.uuid4()}",
+        database_url=database_url,
+        **extra,
+    )
+
+
+def _observed_sessions(database_url: str) -> list[ExpectedSession]:
+    rows = snapshot(database_url, "sessions", ["user_id", "started_at"])
+    return [
+        ExpectedSession(
+            user_id=r["user_id"],
+            started_at=r["started_at"].isoformat(),
+            ended_at=r["ended_at"].isoformat(),
+            duration_seconds=r["duration_seconds"],
+            event_count=r["event_count"],
+            page_views=r["page_views"],
+            purchases=r["purchases"],
+            revenue=r["revenue"],
+            converted=r["converted"],
+            bounced=r["bounced"],
+            entry_page=r["entry_page"],
+            exit_page=r["exit_page"],
+            conversion_path=r["conversion_path"],
+            traffic_source=r["traffic_source"],
+            device_type=r["device_type"],
+            country=r["country"],
+        )
+        for r in rows
+    ]
+
+
+def _assert_exact(database_url: str, events: list[dict]) -> None:
+    """Tables equal the definitions applied to the distinct events."""
+    distinct = {e["event_id"].lower() for e in events}
+    stored = {str(r["event_id"]) for r in snapshot(database_url, "events", ["event_id"])}
+    assert stored == distinct
+    got = snapshot(database_url, "sessions", ["session_id"])
+    want = expected_sessions(events)
+    assert len(got) == len(want)
+    assert got == want
+    from_minutes, from_events = traffic_matches_events(database_url)
+    assert from_minutes == from_events
+    assert per_minute_mismatches(database_url) == 0
+
+
+def test_golden_cases_end_to_end(stack, topics, migrated_database_url, tmp_path: Path) -> None:
+    t = topics(3)
+    env = _env(stack, t, migrated_database_url)
+    wave1 = [item.event for case in CASES for item in case.events if item.wave == 1]
+    wave2 = [item.event for case in CASES for item in case.events if item.wave == 2]
+    produce_events(stack.kafka_bootstrap, t.events, wave1)
+    run_consumer(env, "--no-opensearch", log=tmp_path / "wave1.log")
+    # before the late events: the bridge visitor has two one-event sessions, and the late
+    # buyer's session is not converted yet
+    bridge = "SELECT count(*) FROM sessions WHERE user_id='bridge'"
+    assert scalar(migrated_database_url, bridge) == 2
+    assert (
+        scalar(migrated_database_url, "SELECT converted FROM sessions WHERE user_id='late-buyer'")
+        is False
+    )
+    produce_events(stack.kafka_bootstrap, t.events, wave2)
+    run_consumer(env, "--no-opensearch", log=tmp_path / "wave2.log")
+    key = lambda s: (s.user_id, s.started_at)  # noqa: E731
+    assert sorted(_observed_sessions(migrated_database_url), key=key) == sorted(
+        all_sessions(), key=key
+    )
+    assert scalar(migrated_database_url, "SELECT count(*) FROM events") == len(wave1) + len(wave2)
+
+
+@pytest.mark.parametrize("order", ["in_order", "shuffled_with_duplicates"])
+def test_arrival_order_duplicates_and_batches_do_not_change_the_tables(
+    stack, topics, migrated_database_url, tmp_path: Path, order: str
+) -> None:
+    events = random_events(11, users=80, per_user=30)
+    sent = list(events)
+    batch = "500"
+    if order != "in_order":
+        rng = random.Random(5)
+        sent = events + rng.sample(events, len(events) // 3)
+        rng.shuffle(sent)
+        batch = "37"
+    t = topics(3)
+    produce_events(stack.kafka_bootstrap, t.events, sent)
+    output = run_consumer(
+        _env(stack, t, migrated_database_url),
+        "--no-opensearch",
+        "--batch-size",
+        batch,
+        log=tmp_path / "consumer.log",
+    )
+    _assert_exact(migrated_database_url, events)
+    summary = re.search(r"consumed (\d+), stored (\d+), duplicates (\d+)", output)
+    assert summary is not None, output[-2000:]
+    assert [int(x) for x in summary.groups()] == [len(sent), len(events), len(sent) - len(events)]
+
+
+def test_the_first_stored_copy_of_an_event_id_wins(
+    stack, topics, migrated_database_url, tmp_path: Path
+) -> None:
+    (original,) = random_events(3, users=1, per_user=1)
+    original |= {
+        "event_type": "page_view",
+        "page_type": "home",
+        "page_url": "https://shop.example/first",
+    }
+    for field in ("order_id", "revenue", "currency"):
+        original.pop(field, None)
+    copy = original | {
+        "event_id": original["event_id"].upper(),
+        "page_url": "https://shop.example/second",
+    }
+    t = topics(1)
+    produce_events(stack.kafka_bootstrap, t.events, [original, copy, original])
+    run_consumer(_env(stack, t, migrated_database_url), "--no-opensearch", log=tmp_path / "c.log")
+    rows = snapshot(migrated_database_url, "events", ["event_id"])
+    assert [(str(r["event_id"]), r["page_url"]) for r in rows] == [
+        (original["event_id"].lower(), "https://shop.example/first")
+    ]
+    assert scalar(migrated_database_url, "SELECT sum(events) FROM traffic_minute") == 1
+
+
+def _valid(n: int) -> dict:
+    return {
+        "event_id": f"10000000-0000-4000-8000-{n:012d}",
+        "event_type": "page_view",
+        "occurred_at": "2024-07-01T10:00:00Z",
+        "user_id": f"corpus-{n}",
+        "page_url": "https://shop.example/",
+        "page_type": "home",
+        "device_type": "mobile",
+    }
+
+
+def _bad(n: int, **changes) -> bytes:
+    data = _valid(n)
+    for key, value in changes.items():
+        if value is ...:
+            data.pop(key)
+        else:
+            data[key] = value
+    return json.dumps(data).encode()
+
+
+PURCHASE = {"event_type": "purchase", "order_id": "o", "revenue": 1, "currency": "EUR"}
+
+# (value, expected reason, a word the detail must contain)
+BAD_INPUT: list[tuple[bytes | None, str, str]] = [
+    (b"\xff\xfe not utf-8", "not_json", "UTF-8"),
+    (b"{not json", "not_json", "JSON"),
+    (b"[1, 2, 3]", "not_json", "object"),
+    (b'"just a string"', "not_json", "object"),
+    (None, "not_json", "tombstone"),
+    (b'{"padding": "' + b"x" * (64 * 1024) + b'"}', "too_large", "65536"),
+    (_bad(1, occurred_at="2099-01-01T00:00:00Z"), "future_timestamp", "occurred_at"),
+    (_bad(2, event_id=...), "schema", "event_id"),
+    (_bad(3, event_id="not-a-uuid"), "schema", "event_id"),
+    (_bad(4, event_id="{10000000-0000-4000-8000-000000000004}"), "schema", "event_id"),
+    (_bad(5, event_type="hover"), "schema", "event_type"),
+    (_bad(6, event_type=...), "schema", "event_type"),
+    (_bad(7, occurred_at="2024-07-01T10:00:00"), "schema", "occurred_at"),
+    (_bad(8, occurred_at=1719828000), "schema", "occurred_at"),
+    (_bad(9, occurred_at="yesterday"), "schema", "occurred_at"),
+    (_bad(10, user_id=""), "schema", "user_id"),
+    (_bad(11, user_id="u" * 129), "schema", "user_id"),
+    (_bad(12, user_id=42), "schema", "user_id"),
+    (_bad(13, page_url="/relative"), "schema", "page_url"),
+    (_bad(14, page_url="ftp://shop.example/"), "schema", "page_url"),
+    (_bad(15, page_url="https://shop.example/" + "a" * 2030), "schema", "page_url"),
+    (_bad(16, page_type="landing"), "schema", "page_type"),
+    (_bad(17, referrer_url="not a url"), "schema", "referrer_url"),
+    (_bad(18, device_type="watch"), "schema", "device_type"),
+    (_bad(19, country="de"), "schema", "country"),
+    (_bad(20, country="DEU"), "schema", "country"),
+    (_bad(21, latitude=52.5), "schema", "longitude"),
+    (_bad(22, latitude=91, longitude=0), "schema", "latitude"),
+    (_bad(23, latitude=0, longitude=-180.5), "schema", "longitude"),
+    (_bad(24, event_type="purchase", revenue=9.99, currency="EUR"), "schema", "order_id"),
+    (_bad(25, event_type="purchase", order_id="o", currency="EUR"), "schema", "revenue"),
+    (_bad(26, event_type="purchase", order_id="o", revenue=9.99), "schema", "currency"),
+    (_bad(27, **(PURCHASE | {"revenue": -1})), "schema", "revenue"),
+    (_bad(28, **(PURCHASE | {"revenue": 1.005})), "schema", "revenue"),
+    (_bad(29, **(PURCHASE | {"revenue": "9.99"})), "schema", "revenue"),
+    (_bad(30, **(PURCHASE | {"currency": "eur"})), "schema", "currency"),
+    (_bad(31, session_id=7), "schema", "session_id"),
+    (_bad(32, user_id="nul\u0000byte"), "schema", "user_id"),
+]
+
+
+def test_bad_input_is_dead_lettered_with_a_reason_and_good_input_is_stored(
+    stack, topics, migrated_database_url, tmp_path: Path
+) -> None:
+    t = topics(3)
+    good = [_valid(1000 + n) for n in range(len(BAD_INPUT) + 1)]
+    # an unknown extra field does not make an event invalid
+    good[0]["tracker_version"] = "9.1"
+    messages: list[tuple[bytes | None, bytes | None]] = []
+    for n, (value, _reason, _word) in enumerate(BAD_INPUT):
+        messages.append((json.dumps(good[n]["user_id"]).encode(), json.dumps(good[n]).encode()))
+        messages.append((f"bad-{n}".encode(), value))
+    messages.append((b"last", json.dumps(good[-1]).encode()))
+    produce(stack.kafka_bootstrap, t.events, messages)
+    output = run_consumer(
+        _env(stack, t, migrated_database_url),
+        "--no-opensearch",
+        "--batch-size",
+        "10",
+        log=tmp_path / "c.log",
+    )
+    assert scalar(migrated_database_url, "SELECT count(*) FROM events") == len(good)
+    letters = read_all(stack.kafka_bootstrap, t.dlq, expected=len(BAD_INPUT))
+    assert len(letters) == len(BAD_INPUT), output[-3000:]
+    by_key = {letter.key: letter for letter in letters}
+    for n, (value, reason, word) in enumerate(BAD_INPUT):
+        letter = by_key[f"bad-{n}".encode()]
+        assert letter.value == value, f"case {n}: original bytes kept"
+        assert letter.headers["reason"] == reason, (n, letter.headers)
+        assert word.lower() in letter.headers["detail"].lower(), (n, letter.headers)
+        assert letter.headers["source_topic"] == t.events
+        assert int(letter.headers["source_offset"]) >= 0
+        assert 0 <= int(letter.headers["source_partition"]) < 3
+    assert f"dead-lettered {len(BAD_INPUT)}" in output
+
+
+def test_sigkill_at_several_points_loses_and_doubles_nothing(
+    stack, topics, migrated_database_url, tmp_path: Path
+) -> None:
+    events = random_events(21, users=400, per_user=40)
+    rng = random.Random(2)
+    sent = events + rng.sample(events, len(events) // 10)
+    rng.shuffle(sent)
+    t = topics(3)
+    produce_events(stack.kafka_bootstrap, t.events, sent)
+    env = _env(stack, t, migrated_database_url)
+    log = tmp_path / "consumer.log"
+    count = lambda: scalar(migrated_database_url, "SELECT count(*) FROM events")  # noqa: E731
+    for fraction in (0.15, 0.45, 0.75):
+        process = start_consumer(env, "--no-opensearch", "--batch-size", "300", log=log)
+        threshold = int(len(events) * fraction)
+        wait_until(lambda n=threshold: count() >= n, timeout=180, what=f"{threshold} events stored")
+        time.sleep(rng.uniform(0, 0.3))  # land somewhere inside a batch
+        kill_hard(process)
+    run_consumer(env, "--no-opensearch", "--batch-size", "300", log=log)
+    _assert_exact(migrated_database_url, events)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parsed = urlsplit(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 80
+
+
+def test_database_outage_pauses_and_resumes_without_loss(
+    stack, topics, migrated_database_url, tmp_path: Path
+) -> None:
+    events = random_events(31, users=300, per_user=30)
+    t = topics(3)
+    produce_events(stack.kafka_bootstrap, t.events, events)
+    real = make_url(migrated_database_url)
+    with blackout(real.host or "127.0.0.1", real.port or 5432) as proxy:
+        through_proxy = real.set(host="127.0.0.1", port=proxy.port).render_as_string(
+            hide_password=False
+        )
+        log = tmp_path / "consumer.log"
+        process = start_consumer(
+            _env(stack, t, through_proxy),
+            "--no-opensearch",
+            "--batch-size",
+            "200",
+            "--exit-when-idle",
+            "4",
+            log=log,
+        )
+        count = lambda: scalar(migrated_database_url, "SELECT count(*) FROM events")  # noqa: E731
+        wait_until(lambda: count() >= len(events) // 5, timeout=120, what="first batches")
+        proxy.down()
+        stalled = count()
+        time.sleep(8)
+        assert count() == stalled, "nothing is written while the database is unreachable"
+        proxy.up()
+        assert process.wait(240) == 0, log.read_text()[-3000:]
+    assert "database is unavailable" in log.read_text()
+    _assert_exact(migrated_database_url, events)
+
+
+def test_two_consumers_in_one_group_share_partitions_exactly(
+    stack, topics, migrated_database_url, tmp_path: Path
+) -> None:
+    events = random_events(41, users=500, per_user=30)
+    rng = random.Random(9)
+    sent = events + rng.sample(events, len(events) // 5)
+    rng.shuffle(sent)
+    t = topics(4)
+    produce_events(stack.kafka_bootstrap, t.events, sent)
+    env = _env(stack, t, migrated_database_url)
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    processes = [
+        start_consumer(
+            env, "--no-opensearch", "--batch-size", "250", "--exit-when-idle", "6", log=log
+        )
+        for log in logs
+    ]
+    for process, log in zip(processes, logs, strict=True):
+        assert process.wait(300) == 0, log.read_text()[-3000:]
+    consumed = []
+    for log in logs:
+        match = re.search(r"consumed (\d+), stored (\d+)", log.read_text())
+        assert match is not None, log.read_text()[-2000:]
+        consumed.append(int(match.group(1)))
+    assert sum(consumed) >= len(sent)
+    _assert_exact(migrated_database_url, events)
+
+
+def _opensearch_counts(url: str, prefix: str) -> tuple[int, int, int, set[str]]:
+    from opensearchpy import OpenSearch
+
+    client = OpenSearch(url)
+    client.indices.refresh(index=f"{prefix}-*")
+    events = client.count(index=f"{prefix}-events")["count"]
+    sessions = client.search(
+        index=f"{prefix}-sessions",
+        body={"size": 10000, "_source": False, "aggs": {"n": {"sum": {"field": "event_count"}}}},
+    )
+    ids = {hit["_id"] for hit in sessions["hits"]["hits"]}
+    return (
+        events,
+        sessions["hits"]["total"]["value"],
+        int(sessions["aggregations"]["n"]["value"]),
+        ids,
+    )
+
+
+def test_opensearch_outage_pauses_and_both_sinks_end_exact(
+    stack, topics, migrated_database_url, opensearch_index_prefix, tmp_path: Path
+) -> None:
+    events = random_events(51, users=250, per_user=25)
+    rng = random.Random(4)
+    sent = events + rng.sample(events, len(events) // 10)
+    rng.shuffle(sent)
+    t = topics(3)
+    produce_events(stack.kafka_bootstrap, t.events, sent)
+    host, port = _host_port(stack.opensearch_url)
+    with blackout(host, port) as proxy:
+        env = _env(
+            stack,
+            t,
+            migrated_database_url,
+            opensearch_url=f"http://127.0.0.1:{proxy.port}",
+            index_prefix=opensearch_index_prefix,
+        )
+        log = tmp_path / "consumer.log"
+        process = start_consumer(env, "--batch-size", "200", "--exit-when-idle", "4", log=log)
+        count = lambda: scalar(migrated_database_url, "SELECT count(*) FROM events")  # noqa: E731
+        wait_until(lambda: count() >= len(events) // 5, timeout=120, what="first batches")
+        proxy.down()
+        time.sleep(2)  # a batch that was being written when the lights went out is abandoned
+        stalled = count()
+        time.sleep(10)
+        assert count() == stalled, "PostgreSQL does not commit what OpenSearch did not take"
+        proxy.up()
+        assert process.wait(300) == 0, log.read_text()[-3000:]
+    _assert_exact(migrated_database_url, events)
+    indexed_events, indexed_sessions, events_in_sessions, ids = _opensearch_counts(
+        stack.opensearch_url, opensearch_index_prefix
+    )
+    stored_sessions = snapshot(migrated_database_url, "sessions", ["session_id"])
+    assert indexed_events == len({e["event_id"] for e in events})
+    assert indexed_sessions == len(stored_sessions)
+    assert ids == {r["session_id"] for r in stored_sessions}
+    assert events_in_sessions == indexed_events
