@@ -1,0 +1,95 @@
+"""PostgreSQL/SQLite adapter: the engine factory; the schema lives in :mod:`clickstream.db.models`.
+
+Migrations: :mod:`clickstream.db.migrate` (or ``alembic upgrade head`` from the repository root).
+Retention: :mod:`clickstream.db.retention`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from clickstream.errors import ConfigError
+
+__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "make_engine", "normalize_url"]
+
+SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
+"""How long a SQLite connection waits for another writer's lock before failing."""
+
+
+def normalize_url(url: str) -> URL:
+    """Parse a database URL, choosing psycopg 3 for PostgreSQL.
+
+    ``postgres://`` and ``postgresql://`` (the form cloud providers such as Aiven print) become
+    ``postgresql+psycopg://``; every other URL is returned as parsed.
+
+    Raises:
+        ConfigError: the URL cannot be parsed or names an unsupported database.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        msg = f"malformed database URL: {exc}"
+        raise ConfigError(msg) from exc
+    if parsed.drivername in ("postgres", "postgresql"):
+        return parsed.set(drivername="postgresql+psycopg")
+    backend = parsed.get_backend_name()
+    if backend not in ("postgresql", "sqlite"):
+        msg = f"unsupported database {backend!r}: use postgresql+psycopg:// or sqlite:///"
+        raise ConfigError(msg)
+    return parsed
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers (dashboards) run while the consumer writes.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS:d}")
+        # Durable enough under WAL (a power loss can lose the last commits, never corrupt).
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _postgres_utc(dbapi_connection: Any, _record: Any) -> None:
+    # Server-side date arithmetic (date_trunc, ::date) and text output then use UTC, whatever
+    # the server's default TimeZone. Autocommit, so that the pool's reset cannot roll it back.
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET TIME ZONE 'UTC'")
+    finally:
+        dbapi_connection.autocommit = autocommit
+
+
+def make_engine(url: str, *, application_name: str = "clickstream") -> Engine:
+    """Create an engine for PostgreSQL (psycopg 3) or SQLite.
+
+    PostgreSQL connections are checked before use (``pool_pre_ping``), because managed
+    databases close idle connections, report ``application_name`` to the server and use the
+    ``UTC`` session time zone, so SQL such as ``date_trunc('minute', occurred_at)`` buckets
+    by UTC.
+    SQLite connections use WAL journaling, enforce foreign keys and wait up to
+    :data:`SQLITE_BUSY_TIMEOUT_MS` for locks. Nothing connects until the engine is first used.
+
+    Raises:
+        ConfigError: the URL is malformed or names an unsupported database.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    engine = create_engine(
+        parsed,
+        pool_pre_ping=True,
+        connect_args={"application_name": application_name},
+    )
+    event.listen(engine, "connect", _postgres_utc)
+    return engine

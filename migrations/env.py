@@ -1,0 +1,88 @@
+"""Alembic environment of clickstream.
+
+The database URL comes from the Alembic option ``sqlalchemy.url`` when one was set
+(:mod:`clickstream.db.migrate` and the tests pass one), otherwise from the settings
+(``CLICKSTREAM_DATABASE_URL`` or the Pulumi stack outputs, admin role): ``alembic upgrade head``
+needs no ``alembic.ini``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from alembic import context
+from alembic.autogenerate.api import AutogenContext
+from sqlalchemy import Connection
+
+from clickstream.db import make_engine, normalize_url
+from clickstream.db.models import Base, UtcDateTime
+from clickstream.settings import load_settings
+
+config = context.config
+target_metadata = Base.metadata
+
+# The alembic command line has no logging configuration without an alembic.ini; library
+# callers (clickstream.db.migrate) set "configure_logging" to False and keep their own.
+if config.attributes.get("configure_logging", True):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)-5.5s [%(name)s] %(message)s")
+
+
+def _database_url() -> str:
+    # get_alembic_option, unlike get_main_option, works without an alembic.ini.
+    url = config.get_alembic_option("sqlalchemy.url")
+    if isinstance(url, str) and url:
+        return url
+    return load_settings(role="admin").database_url.get_secret_value()
+
+
+def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
+    # Migrations are frozen snapshots: spell the column type out instead of importing models.
+    if type_ == "type" and isinstance(obj, UtcDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
+def _configure(**options: Any) -> None:
+    context.configure(
+        target_metadata=target_metadata,
+        compare_type=True,
+        render_item=_render_item,
+        **options,
+    )
+
+
+def run_migrations_offline() -> None:
+    """Emit the SQL script instead of running it (``alembic upgrade head --sql``)."""
+    url = normalize_url(_database_url())
+    _configure(
+        url=url,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        render_as_batch=url.get_backend_name() == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def _run(connection: Connection) -> None:
+    # SQLite cannot ALTER most things: autogenerate emits batch (copy-and-move) operations.
+    _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    """Run the migrations against the database."""
+    engine = make_engine(_database_url(), application_name="clickstream-migrations")
+    try:
+        with engine.connect() as connection:
+            _run(connection)
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
