@@ -148,7 +148,7 @@ def _event_document(event: ClickEvent) -> dict[str, Any]:
 
 
 def _session_document(session: Session) -> dict[str, Any]:
-    return {**session_row(session), "funnel_step": session.funnel_step}
+    return session_row(session)
 
 
 @dataclass(frozen=True, slots=True)

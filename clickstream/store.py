@@ -62,6 +62,7 @@ _SESSION_COLUMNS: Final = (
     "browser",
     "country",
     "city",
+    "funnel_step",
 )
 _EVENT_SESSION_COLUMNS: Final = (
     "event_id",

@@ -15,6 +15,7 @@ from clickstream.sessions import (
     SessionEvent,
     build_sessions,
     extend_session,
+    funnel_advance,
     session_id_for,
     traffic_source,
 )
@@ -176,3 +177,54 @@ def test_single_event_session_is_a_bounce_of_zero_seconds() -> None:
     (session,) = build_sessions("u", [_plain(1, T0)], gap=GAP, max_length=MAX)
     assert (session.bounced, session.duration_seconds, session.event_count) == (True, 0.0, 1)
     assert session.converted is False and session.conversion_path is None
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        # (event_type, page_type) in order -> funnel step reached, worked out by hand
+        ([("page_view", "home")], 1),
+        ([("page_view", "product")], 2),  # landing on a product page is a product view
+        ([("add_to_cart", "product")], 0),  # no page view yet
+        ([("page_view", "home"), ("add_to_cart", "product")], 1),  # no product view yet
+        (
+            [("page_view", "home"), ("page_view", "product"), ("add_to_cart", "product")],
+            3,
+        ),
+        (
+            [
+                ("page_view", "product"),
+                ("begin_checkout", "checkout"),  # out of order: checkout before the cart
+                ("add_to_cart", "product"),
+                ("purchase", "confirmation"),  # a purchase without a checkout step
+            ],
+            3,
+        ),
+        (
+            [
+                ("page_view", "category"),
+                ("page_view", "product"),
+                ("add_to_cart", "product"),
+                ("begin_checkout", "checkout"),
+                ("purchase", "confirmation"),
+            ],
+            5,
+        ),
+    ],
+)
+def test_funnel_step_is_reached_in_order(steps: list[tuple[str, str]], expected: int) -> None:
+    step = 0
+    for event_type, page_type in steps:
+        step = funnel_advance(step, event_type, page_type)
+    assert step == expected
+
+
+def test_funnel_step_of_the_golden_buyer_is_complete() -> None:
+    case = next(c for c in CASES if c.name == "conversion_path")
+    events = [as_session_event(i.event) for i in case.events]
+    (session,) = build_sessions("buyer", events, gap=GAP, max_length=MAX)
+    assert session.funnel_step == 5
+    head, *_ = build_sessions("buyer", events[:4], gap=GAP, max_length=MAX)
+    assert head.funnel_step == 2  # home, home, category, product page views
+    (extended,) = extend_session(head, events[4:5], gap=GAP, max_length=MAX) or []
+    assert extended.funnel_step == 3  # + add_to_cart, through the fast path
