@@ -1,0 +1,207 @@
+"""The order of effects of one batch, on SQLite with in-memory stand-ins for the other sinks.
+
+The real services are exercised in tests/integration/test_consumer.py; these tests pin down the
+orchestration: what is committed when a sink fails, what is dead-lettered and with which headers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from clickstream.db import make_engine
+from clickstream.db.migrate import upgrade
+from clickstream.errors import TransientError
+from clickstream.pipeline import BatchProcessor, DeadLetter
+from clickstream.store import SessionRules
+
+NOW = datetime(2024, 8, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Message:
+    raw: bytes | None
+    at: int
+    key_bytes: bytes | None = b"k"
+
+    def value(self) -> bytes | None:
+        return self.raw
+
+    def key(self) -> bytes | None:
+        return self.key_bytes
+
+    def topic(self) -> str:
+        return "events"
+
+    def partition(self) -> int:
+        return 1
+
+    def offset(self) -> int:
+        return self.at
+
+
+@dataclass
+class Letters:
+    sent: list[DeadLetter] = field(default_factory=list)
+    fail: bool = False
+
+    def send(self, letters: Sequence[DeadLetter]) -> None:
+        if self.fail:
+            raise TransientError("dead-letter topic unavailable")
+        self.sent.extend(letters)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    doc_id: str
+    reason: str
+    detail: str
+
+
+@dataclass
+class Index:
+    events: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    sessions: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    reject: set[str] = field(default_factory=set)
+    fail: bool = False
+
+    def index_events(self, events: Sequence[Mapping[str, Any]]) -> list[Rejected]:
+        if self.fail:
+            raise TransientError("search unavailable")
+        out = []
+        for doc in events:
+            if doc["event_id"] in self.reject:
+                out.append(Rejected(doc["event_id"], "search_rejected", "mapper_parsing_exception"))
+            else:
+                self.events.setdefault(doc["event_id"], doc)
+        return out
+
+    def upsert_sessions(
+        self, sessions: Sequence[Mapping[str, Any]], deleted_session_ids: Sequence[str]
+    ) -> list[Rejected]:
+        for session_id in deleted_session_ids:
+            self.sessions.pop(session_id, None)
+        for doc in sessions:
+            self.sessions[doc["session_id"]] = doc
+        return []
+
+
+def event(n: int, minute: int, **extra: Any) -> bytes:
+    data = {
+        "event_id": f"20000000-0000-4000-8000-{n:012d}",
+        "event_type": "page_view",
+        "occurred_at": f"2024-08-01T10:{minute:02d}:00Z",
+        "user_id": "visitor",
+        "page_url": f"https://shop.example/{n}",
+        "page_type": "home",
+        "device_type": "desktop",
+    } | extra
+    return json.dumps(data).encode()
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'pipeline.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def processor(engine, letters: Letters, index: Index | None = None) -> BatchProcessor:
+    return BatchProcessor(
+        engine=engine,
+        rules=SessionRules(),
+        clock=lambda: NOW,
+        future_tolerance=timedelta(minutes=5),
+        dead_letters=letters,
+        search=index,
+    )
+
+
+def count(engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def test_valid_events_are_stored_and_invalid_ones_dead_lettered(engine) -> None:
+    letters, index = Letters(), Index()
+    batch = [
+        Message(event(1, 0), 10),
+        Message(b"{oops", 11, b"bad-key"),
+        Message(event(2, 5), 12),
+        Message(event(3, 7, country="de"), 13),
+    ]
+    report = processor(engine, letters, index).process(batch)
+    assert (report.consumed, report.stored, report.duplicates, report.dead_lettered) == (4, 2, 0, 2)
+    assert report.reasons == {"not_json": 1, "schema": 1}
+    assert count(engine, "events") == 2
+    assert count(engine, "sessions") == 1
+    first = letters.sent[0]
+    assert (first.key, first.value, first.reason) == (b"bad-key", b"{oops", "not_json")
+    assert dict(first.headers())["source_offset"] == b"11"
+    assert dict(first.headers())["source_topic"] == b"events"
+    assert "country" in letters.sent[1].detail
+    assert len(index.events) == 2
+    assert len(index.sessions) == 1
+
+
+def test_a_redelivered_batch_changes_nothing(engine) -> None:
+    letters, index = Letters(), Index()
+    batch = [Message(event(1, 0), 1), Message(event(2, 10), 2)]
+    processor(engine, letters, index).process(batch)
+    again = processor(engine, letters, index).process(batch)
+    assert (again.stored, again.duplicates, again.sessions_written) == (0, 2, 0)
+    assert count(engine, "events") == 2
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT sum(events) FROM traffic_minute")).scalar_one() == 2
+
+
+@pytest.mark.parametrize("failing", ["search", "dead_letters"])
+def test_a_failing_sink_rolls_back_the_whole_batch(engine, failing: str) -> None:
+    letters = Letters(fail=failing == "dead_letters")
+    index = Index(fail=failing == "search")
+    batch = [Message(event(1, 0), 1), Message(b"not json", 2)]
+    with pytest.raises(TransientError):
+        processor(engine, letters, index).process(batch)
+    assert count(engine, "events") == 0
+    assert count(engine, "sessions") == 0
+    assert count(engine, "traffic_minute") == 0
+    # the retry succeeds once the sink is back, and stores everything
+    letters.fail = index.fail = False
+    report = processor(engine, letters, index).process(batch)
+    assert (report.stored, report.dead_lettered) == (1, 1)
+
+
+def test_a_document_the_search_sink_rejects_is_dead_lettered_but_stays_in_sql(engine) -> None:
+    rejected_id = "20000000-0000-4000-8000-000000000002"
+    letters, index = Letters(), Index(reject={rejected_id})
+    batch = [Message(event(1, 0), 1), Message(event(2, 1), 2, b"visitor")]
+    report = processor(engine, letters, index).process(batch)
+    assert report.stored == 2
+    assert count(engine, "events") == 2
+    (letter,) = letters.sent
+    assert (letter.reason, letter.source_offset, letter.key) == ("search_rejected", 2, b"visitor")
+    assert letter.value == event(2, 1)
+    assert "opensearch" in letter.detail
+
+
+def test_a_late_event_merges_sessions_in_sql_and_in_the_index(engine) -> None:
+    letters, index = Letters(), Index()
+    run = processor(engine, letters, index)
+    run.process([Message(event(1, 0), 1)])
+    run.process([Message(event(3, 59), 2)])  # 59 minutes later: a second session
+    assert count(engine, "sessions") == 2
+    assert len(index.sessions) == 2
+    run.process([Message(event(2, 30), 3)])  # bridges both: one session
+    assert count(engine, "sessions") == 1
+    assert len(index.sessions) == 1
+    (session,) = index.sessions.values()
+    assert session["event_count"] == 3
