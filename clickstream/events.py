@@ -99,13 +99,16 @@ _UUID_RE: Final = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
 # RFC 3339 date-time: seconds are required, and so is the offset.
+# re.ASCII: "\d" is 0-9 only, as in the JSON Schema (ECMA-262), not any Unicode digit.
 _RFC3339_RE: Final = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII
 )
 
 
 def _canonical_uuid(value: str) -> str:
-    if not _UUID_RE.match(value):
+    # fullmatch: the published pattern ends in "$", which in Python also matches before a
+    # trailing newline, and "...000\n" must not become an event id.
+    if not _UUID_RE.fullmatch(value):
         msg = "must be a UUID in canonical text form (8-4-4-4-12 hex digits)"
         raise ValueError(msg)
     return value.lower()
@@ -117,7 +120,7 @@ def _rfc3339(value: Any) -> datetime:
             msg = "must be timezone-aware"
             raise ValueError(msg)
         return value.astimezone(UTC)
-    match = _RFC3339_RE.match(value) if isinstance(value, str) else None
+    match = _RFC3339_RE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         msg = "must be an RFC 3339 date-time with an offset, e.g. 2024-05-01T12:00:00Z"
         raise ValueError(msg)

@@ -1,0 +1,252 @@
+"""Producer throughput against the Kafka client's own ceiling, stage by stage.
+
+Run ``python -m bench.producer`` with the local stack up. It measures, in one run:
+
+* simulation only (records, no serialization), serialization only (the fast path and the
+  pydantic path), and both together: how fast events can be *made*;
+* the ceiling: the same producer configuration sending pre-serialized payloads (the very
+  bytes and keys of the simulated events) in a bare ``produce``/``poll(0)`` loop;
+* end to end: :class:`~clickstream.producer.EventProducer` fed by the simulator.
+
+It prints events/s for each and the ratio end-to-end / ceiling. ``--soak MINUTES`` instead
+produces continuously and samples the process's resident memory to show that it stays flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from clickstream.kafka import librdkafka_logger
+from clickstream.producer import EventProducer, ProducerTuning, producer_config
+from clickstream.settings import Settings
+from clickstream.simulator import SimulatedEvent, TrafficSimulator
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _simulator(seed: int) -> TrafficSimulator:
+    # The CLI's --rate 0 mode: unpaced, stamped no later than the clock.
+    return TrafficSimulator(seed=seed, clock=_now, clamp_to_clock=True)
+
+
+def _rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def _timed(action: Callable[[], int]) -> float:
+    gc.collect()
+    started = time.perf_counter()
+    count = action()
+    return _rate(count, time.perf_counter() - started)
+
+
+def _generate(count: int, seed: int) -> int:
+    for _ in islice(_simulator(seed), count):
+        pass
+    return count
+
+
+def _generate_and_serialize(count: int, seed: int) -> int:
+    for event in islice(_simulator(seed), count):
+        event.to_json()
+    return count
+
+
+def _serialize(events: Sequence[SimulatedEvent]) -> int:
+    for event in events:
+        event.to_json()
+    return len(events)
+
+
+def _serialize_pydantic(events: Sequence[SimulatedEvent]) -> int:
+    # The typed path: validate into ClickEvent, then ClickEvent.to_json().
+    for event in events:
+        event.to_click_event().to_json()
+    return len(events)
+
+
+def _ceiling(config: dict[str, Any], topic: str, messages: Sequence[tuple[bytes, bytes]]) -> int:
+    """The bare client: produce pre-serialized messages, poll(0), retry on a full queue."""
+    delivered = 0
+
+    def on_delivery(error: object, _message: object) -> None:
+        nonlocal delivered
+        if error is None:
+            delivered += 1
+
+    producer = Producer({**config, "on_delivery": on_delivery})
+    produce, poll = producer.produce, producer.poll
+    for key, value in messages:
+        try:
+            produce(topic, value, key)
+        except BufferError:
+            while True:
+                poll(0.05)
+                try:
+                    produce(topic, value, key)
+                except BufferError:
+                    continue
+                break
+        poll(0)
+    producer.flush(60)
+    if delivered != len(messages):
+        msg = f"ceiling run delivered {delivered} of {len(messages)}"
+        raise RuntimeError(msg)
+    return delivered
+
+
+def _end_to_end(config: dict[str, Any], topic: str, count: int, seed: int) -> int:
+    producer = EventProducer(config, topic=topic)
+    send = producer.send
+    for event in islice(_simulator(seed), count):
+        send(event.visitor.key, event.to_json())
+    producer.flush(timeout=60)
+    if producer.stats.delivered != count:
+        msg = f"end-to-end run delivered {producer.stats.delivered} of {count}"
+        raise RuntimeError(msg)
+    return count
+
+
+def _rss_mib() -> float:
+    # Resident set size from /proc (Linux): pages * page size.
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * 4096 / 2**20
+
+
+def _soak(config: dict[str, Any], topic: str, minutes: float, sample_seconds: float) -> None:
+    producer = EventProducer(config, topic=topic)
+    send = producer.send
+    started = time.monotonic()
+    next_sample, end = started, started + minutes * 60
+    sent = 0
+    samples: list[tuple[float, int, float]] = []
+    print(f"{'seconds':>8} {'sent':>12} {'events/s':>10} {'RSS MiB':>8}")
+    for event in _simulator(seed=1):
+        send(event.visitor.key, event.to_json())
+        sent += 1
+        if sent % 4096 == 0:
+            now = time.monotonic()
+            if now >= next_sample:
+                elapsed = now - started
+                samples.append((elapsed, sent, _rss_mib()))
+                print(
+                    f"{elapsed:8.0f} {sent:12,} {_rate(sent, elapsed):10,.0f} {samples[-1][2]:8.1f}"
+                )
+                next_sample = now + sample_seconds
+            if now >= end:
+                break
+    producer.flush(timeout=60)
+    rss = [sample[2] for sample in samples]
+    settled = rss[len(rss) // 4 :] or rss
+    print(
+        f"\nsoak: {sent:,} events in {minutes:g} min, delivered {producer.stats.delivered:,}, "
+        f"failed {producer.stats.failed}"
+    )
+    print(
+        f"RSS MiB: first {rss[0]:.1f}, after the first quarter min {min(settled):.1f} "
+        f"max {max(settled):.1f} last {rss[-1]:.1f} "
+        f"(growth over the last three quarters: {settled[-1] - settled[0]:+.1f} MiB)"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print events/s per stage and the ratio to the client's ceiling."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.producer",
+        description="Producer events/s versus the Kafka client's ceiling, stage by stage.",
+        epilog="Examples:\n  python -m bench.producer\n  python -m bench.producer --soak 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bootstrap-servers", default="127.0.0.1:19092")
+    parser.add_argument("--events", type=int, default=300_000, help="events per Kafka run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per stage; best is kept")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--soak", type=float, metavar="MINUTES", help="soak test instead")
+    parser.add_argument("--sample-seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+
+    settings = Settings(kafka_bootstrap_servers=args.bootstrap_servers)
+    config = producer_config(settings, ProducerTuning())
+    admin_config: dict[str, Any] = {
+        "bootstrap.servers": args.bootstrap_servers,
+        "logger": librdkafka_logger(),
+    }
+    admin = AdminClient(admin_config)
+    topic = f"bench-producer-{uuid.uuid4().hex[:8]}"
+    try:
+        admin.create_topics([NewTopic(topic, args.partitions, 1)])[topic].result(timeout=30)
+    except KafkaException as exc:
+        print(f"cannot create a topic at {args.bootstrap_servers}: {exc} (is the stack up?)")
+        return 3
+    try:
+        time.sleep(1.0)  # let the partitions get leaders
+        if args.soak:
+            _soak(config, topic, args.soak, args.sample_seconds)
+            return 0
+        _report(args, config, topic)
+    finally:
+        admin.delete_topics([topic])[topic].result(timeout=30)
+    return 0
+
+
+def _report(args: argparse.Namespace, config: dict[str, Any], topic: str) -> None:
+    count, repeat = args.events, args.repeat
+    print(
+        f"producer benchmark, {count:,} events per run, best of {repeat}, "
+        f"{datetime.now(UTC):%Y-%m-%d}"
+    )
+    sample = list(islice(_simulator(seed=7), min(count, 100_000)))
+    sizes = [len(e.to_json()) for e in sample]
+    print(f"event size: mean {statistics.fmean(sizes):.0f} bytes, max {max(sizes)}")
+
+    def best(action: Callable[[], int]) -> float:
+        return max(_timed(action) for _ in range(repeat))
+
+    generate = best(lambda: _generate(count, seed=7))
+    serialize = best(lambda: _serialize(sample))
+    pydantic_path = best(lambda: _serialize_pydantic(sample[:20_000]))
+    both = best(lambda: _generate_and_serialize(count, seed=7))
+    messages = [(e.visitor.key, e.to_json()) for e in islice(_simulator(seed=7), count)]
+    ceilings, ends = [], []
+    for _ in range(repeat):  # interleaved, so both see the same broker conditions
+        ceilings.append(_timed(lambda: _ceiling(config, topic, messages)))
+        ends.append(_timed(lambda: _end_to_end(config, topic, count, seed=7)))
+    ceiling, end_to_end = max(ceilings), max(ends)
+    rows = [
+        ("simulate (records only)", generate),
+        ("serialize, fast path (SimulatedEvent.to_json)", serialize),
+        ("serialize, pydantic path (ClickEvent validate + to_json)", pydantic_path),
+        ("simulate + serialize (fast path)", both),
+        ("Kafka client ceiling (pre-serialized, produce loop)", ceiling),
+        ("end to end (simulate + serialize + EventProducer)", end_to_end),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, rate in rows:
+        print(f"{name:<{width}}  {rate:>10,.0f} events/s")
+    print(f"\nend to end / client ceiling: {end_to_end / ceiling:.2f}")
+    print(f"fast / pydantic serialization: {serialize / pydantic_path:.1f}x")
+    # Where the time of one event goes; the stages roughly add up to the end-to-end figure.
+    print(
+        f"microseconds per event: simulate {1e6 / generate:.1f} + serialize "
+        f"{1e6 / serialize:.1f} + bare client {1e6 / ceiling:.1f} "
+        f"= {1e6 / generate + 1e6 / serialize + 1e6 / ceiling:.1f}; "
+        f"measured end to end {1e6 / end_to_end:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

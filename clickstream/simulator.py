@@ -1,0 +1,1282 @@
+"""Realistic web-shop traffic, simulated: visitors, sessions and click events (pure, no I/O).
+
+A :class:`TrafficSimulator` plays a population of visitors made with Faker. Each visitor has a
+stable device (type, operating system and browser that belong together), a stable location (a
+real city from :data:`CITIES`, coordinates jittered a few kilometres around it) and an
+acquisition channel (direct, organic or paid search, social, e-mail campaign, referral).
+Visitors arrive as a Poisson process and walk through the shop along a Markov chain over page
+types (home, category, product, search, cart, checkout, confirmation, account, other), with
+log-normal dwell times; they add to and remove from the cart, begin checkout and buy. Whether a
+session converts is decided when it starts (``conversion_rate``), and a converting session
+follows a chain that leads to the confirmation page. Returning visitors come back after more
+than 30 minutes of inactivity, so every session the simulator starts is also a session by the
+web-analytics definition. Many sessions are active at once and their events interleave.
+
+Everything is deterministic for a seed and a clock: randomness comes from one
+:class:`random.Random` and one Faker instance, both seeded per simulator, and time comes from the
+injected clock. The simulator yields :class:`SimulatedEvent` records in non-decreasing
+``occurred_at`` order (so also per visitor). :meth:`SimulatedEvent.to_json` is a fast serializer
+whose bytes are identical to :meth:`ClickEvent.to_json() <clickstream.events.ClickEvent.to_json>`
+(a test checks this), and :meth:`SimulatedEvent.to_click_event` builds the validated model.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from bisect import bisect
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from functools import lru_cache
+from itertools import accumulate
+from json.encoder import encode_basestring as _json_string
+from types import MappingProxyType
+from typing import Final, NamedTuple, TypeVar
+from urllib.parse import quote_plus
+
+import pydantic_core
+from faker import Faker
+
+from clickstream.errors import ConfigError
+from clickstream.events import ClickEvent, DeviceType, EventType, PageType
+
+__all__ = [
+    "CITIES",
+    "DEVICE_PROFILES",
+    "Campaign",
+    "Channel",
+    "City",
+    "DeviceProfile",
+    "EventDetails",
+    "PageVisit",
+    "SimulatedEvent",
+    "SimulatorConfig",
+    "TrafficSimulator",
+    "Visitor",
+    "event_details",
+    "page_visit",
+    "visitor",
+]
+
+_CENT: Final = Decimal("0.01")
+_KM_PER_DEGREE: Final = 111.32
+_INACTIVITY_GAP_SECONDS: Final = 30 * 60
+"""The web-analytics session gap; the simulator keeps within-session pauses below it."""
+
+
+class Channel(StrEnum):
+    """How a visitor found the shop (their acquisition channel)."""
+
+    DIRECT = "direct"
+    ORGANIC_SEARCH = "organic_search"
+    PAID_SEARCH = "paid_search"
+    SOCIAL = "social"
+    EMAIL = "email"
+    REFERRAL = "referral"
+
+
+@dataclass(frozen=True, slots=True)
+class City:
+    """A real city: English name (as GeoIP databases give it), ISO 3166-1 country, centre."""
+
+    name: str
+    country: str
+    latitude: float
+    longitude: float
+    weight: float
+    """Relative share of the shop's visitors from this city."""
+
+
+# A shop based in Europe that ships worldwide: most traffic is European.
+CITIES: Final[tuple[City, ...]] = (
+    City("Berlin", "DE", 52.5200, 13.4050, 6.0),
+    City("Hamburg", "DE", 53.5511, 9.9937, 3.0),
+    City("Munich", "DE", 48.1351, 11.5820, 2.8),
+    City("Cologne", "DE", 50.9375, 6.9603, 1.8),
+    City("Frankfurt am Main", "DE", 50.1109, 8.6821, 1.5),
+    City("Düsseldorf", "DE", 51.2277, 6.7735, 1.2),
+    City("Paris", "FR", 48.8566, 2.3522, 4.5),
+    City("Lyon", "FR", 45.7640, 4.8357, 1.2),
+    City("Marseille", "FR", 43.2965, 5.3698, 1.0),
+    City("London", "GB", 51.5074, -0.1278, 5.5),
+    City("Manchester", "GB", 53.4808, -2.2426, 1.3),
+    City("Birmingham", "GB", 52.4862, -1.8904, 1.1),
+    City("Edinburgh", "GB", 55.9533, -3.1883, 0.6),
+    City("Dublin", "IE", 53.3498, -6.2603, 0.9),
+    City("Amsterdam", "NL", 52.3676, 4.9041, 2.0),
+    City("Rotterdam", "NL", 51.9244, 4.4777, 0.9),
+    City("Brussels", "BE", 50.8503, 4.3517, 1.0),
+    City("Vienna", "AT", 48.2082, 16.3738, 1.6),
+    City("Zurich", "CH", 47.3769, 8.5417, 1.1),
+    City("Madrid", "ES", 40.4168, -3.7038, 2.2),
+    City("Barcelona", "ES", 41.3874, 2.1686, 1.8),
+    City("Lisbon", "PT", 38.7223, -9.1393, 0.9),
+    City("Rome", "IT", 41.9028, 12.4964, 1.8),
+    City("Milan", "IT", 45.4642, 9.1900, 1.7),
+    City("Stockholm", "SE", 59.3293, 18.0686, 1.1),
+    City("Malmö", "SE", 55.6050, 13.0038, 0.4),
+    City("Copenhagen", "DK", 55.6761, 12.5683, 0.9),
+    City("Oslo", "NO", 59.9139, 10.7522, 0.7),
+    City("Helsinki", "FI", 60.1699, 24.9384, 0.6),
+    City("Warsaw", "PL", 52.2297, 21.0122, 1.4),
+    City("Kraków", "PL", 50.0647, 19.9450, 0.6),
+    City("Prague", "CZ", 50.0755, 14.4378, 0.9),
+    City("Budapest", "HU", 47.4979, 19.0402, 0.7),
+    City("Athens", "GR", 37.9838, 23.7275, 0.6),
+    City("Istanbul", "TR", 41.0082, 28.9784, 0.8),
+    City("Tel Aviv", "IL", 32.0853, 34.7818, 0.3),
+    City("Dubai", "AE", 25.2048, 55.2708, 0.4),
+    City("Cairo", "EG", 30.0444, 31.2357, 0.3),
+    City("Lagos", "NG", 6.5244, 3.3792, 0.2),
+    City("Nairobi", "KE", -1.2921, 36.8219, 0.2),
+    City("Johannesburg", "ZA", -26.2041, 28.0473, 0.3),
+    City("Cape Town", "ZA", -33.9249, 18.4241, 0.3),
+    City("New York", "US", 40.7128, -74.0060, 3.0),
+    City("Los Angeles", "US", 34.0522, -118.2437, 1.6),
+    City("Chicago", "US", 41.8781, -87.6298, 1.1),
+    City("Houston", "US", 29.7604, -95.3698, 0.7),
+    City("Miami", "US", 25.7617, -80.1918, 0.6),
+    City("San Francisco", "US", 37.7749, -122.4194, 0.8),
+    City("Seattle", "US", 47.6062, -122.3321, 0.6),
+    City("Toronto", "CA", 43.6532, -79.3832, 0.9),
+    City("Montreal", "CA", 45.5017, -73.5673, 0.5),
+    City("Vancouver", "CA", 49.2827, -123.1207, 0.4),
+    City("Mexico City", "MX", 19.4326, -99.1332, 0.6),
+    City("Bogotá", "CO", 4.7110, -74.0721, 0.3),
+    City("São Paulo", "BR", -23.5505, -46.6333, 0.8),
+    City("Rio de Janeiro", "BR", -22.9068, -43.1729, 0.4),
+    City("Buenos Aires", "AR", -34.6037, -58.3816, 0.4),
+    City("Santiago", "CL", -33.4489, -70.6693, 0.3),
+    City("Tokyo", "JP", 35.6762, 139.6503, 1.0),
+    City("Osaka", "JP", 34.6937, 135.5023, 0.4),
+    City("Seoul", "KR", 37.5665, 126.9780, 0.5),
+    City("Singapore", "SG", 1.3521, 103.8198, 0.5),
+    City("Mumbai", "IN", 19.0760, 72.8777, 0.5),
+    City("Bengaluru", "IN", 12.9716, 77.5946, 0.4),
+    City("Sydney", "AU", -33.8688, 151.2093, 0.7),
+    City("Melbourne", "AU", -37.8136, 144.9631, 0.6),
+    City("Auckland", "NZ", -36.8485, 174.7633, 0.3),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceProfile:
+    """A device type with an operating system and browser that actually ship together."""
+
+    device_type: DeviceType
+    os: str
+    browser: str
+    weight: float
+    """Share within its device type."""
+
+
+DEVICE_PROFILES: Final[tuple[DeviceProfile, ...]] = (
+    DeviceProfile(DeviceType.DESKTOP, "Windows", "Chrome", 0.42),
+    DeviceProfile(DeviceType.DESKTOP, "Windows", "Edge", 0.14),
+    DeviceProfile(DeviceType.DESKTOP, "Windows", "Firefox", 0.06),
+    DeviceProfile(DeviceType.DESKTOP, "macOS", "Safari", 0.12),
+    DeviceProfile(DeviceType.DESKTOP, "macOS", "Chrome", 0.14),
+    DeviceProfile(DeviceType.DESKTOP, "macOS", "Firefox", 0.03),
+    DeviceProfile(DeviceType.DESKTOP, "Linux", "Firefox", 0.03),
+    DeviceProfile(DeviceType.DESKTOP, "Linux", "Chrome", 0.03),
+    DeviceProfile(DeviceType.DESKTOP, "ChromeOS", "Chrome", 0.03),
+    DeviceProfile(DeviceType.MOBILE, "iOS", "Safari", 0.38),
+    DeviceProfile(DeviceType.MOBILE, "iOS", "Chrome", 0.07),
+    DeviceProfile(DeviceType.MOBILE, "Android", "Chrome", 0.42),
+    DeviceProfile(DeviceType.MOBILE, "Android", "Samsung Internet", 0.10),
+    DeviceProfile(DeviceType.MOBILE, "Android", "Firefox", 0.03),
+    DeviceProfile(DeviceType.TABLET, "iOS", "Safari", 0.55),
+    DeviceProfile(DeviceType.TABLET, "iOS", "Chrome", 0.10),
+    DeviceProfile(DeviceType.TABLET, "Android", "Chrome", 0.25),
+    DeviceProfile(DeviceType.TABLET, "Android", "Samsung Internet", 0.10),
+)
+
+_SEARCH_ENGINES: Final = (
+    ("https://www.google.com/", "google", 0.85),
+    ("https://www.bing.com/", "bing", 0.07),
+    ("https://duckduckgo.com/", "duckduckgo", 0.04),
+    ("https://search.yahoo.com/", "yahoo", 0.02),
+    ("https://www.ecosia.org/", "ecosia", 0.02),
+)
+_SOCIAL_NETWORKS: Final = (
+    ("https://l.instagram.com/", "instagram", 0.30),
+    ("https://l.facebook.com/", "facebook", 0.25),
+    ("https://www.pinterest.com/", "pinterest", 0.15),
+    ("https://www.tiktok.com/", "tiktok", 0.12),
+    ("https://www.reddit.com/", "reddit", 0.10),
+    ("https://t.co/", "twitter", 0.08),
+)
+_EMAIL_CAMPAIGNS: Final = (
+    "weekly_newsletter",
+    "new_arrivals",
+    "winter_sale",
+    "black_friday_2026",
+    "cyber_monday_2026",
+    "cart_reminder",
+)
+_PAID_CAMPAIGNS: Final = ("brand_search", "generic_shoes", "generic_jackets", "shopping_feed")
+_SOCIAL_CAMPAIGNS: Final = ("influencer_autumn", "retargeting", "new_arrivals")
+
+# Category slug -> (product nouns, median price in the shop's currency).
+_CATEGORIES: Final[dict[str, tuple[tuple[str, ...], float]]] = {
+    "shoes": (("sneakers", "boots", "loafers", "sandals", "running shoes"), 89.0),
+    "jackets": (("parka", "rain jacket", "denim jacket", "puffer jacket", "blazer"), 139.0),
+    "t-shirts": (("t-shirt", "polo shirt", "tank top", "long sleeve"), 24.0),
+    "trousers": (("jeans", "chinos", "cargo trousers", "joggers"), 59.0),
+    "dresses": (("summer dress", "maxi dress", "shirt dress", "knit dress"), 69.0),
+    "bags": (("backpack", "tote bag", "crossbody bag", "weekender"), 49.0),
+    "accessories": (("beanie", "scarf", "belt", "sunglasses", "watch"), 29.0),
+    "sportswear": (("leggings", "training top", "track jacket", "sports bra"), 39.0),
+}
+_OTHER_PATHS: Final = ("/about", "/help/shipping", "/help/returns", "/contact", "/stores")
+_ACCOUNT_PATHS: Final = ("/account", "/account/orders", "/account/login", "/account/wishlist")
+
+_EXIT: Final = "exit"
+Transitions = Mapping[PageType, Mapping[PageType | str, float]]
+"""From a page type to the weights of the next page type, or ``"exit"`` (session ends)."""
+
+_BROWSE_TRANSITIONS: Final[Transitions] = {
+    PageType.HOME: {
+        PageType.CATEGORY: 0.45,
+        PageType.SEARCH: 0.15,
+        PageType.PRODUCT: 0.15,
+        PageType.ACCOUNT: 0.04,
+        PageType.OTHER: 0.03,
+        PageType.CART: 0.03,
+        _EXIT: 0.15,
+    },
+    PageType.CATEGORY: {
+        PageType.PRODUCT: 0.55,
+        PageType.CATEGORY: 0.12,
+        PageType.SEARCH: 0.06,
+        PageType.HOME: 0.05,
+        PageType.CART: 0.02,
+        _EXIT: 0.20,
+    },
+    PageType.PRODUCT: {
+        PageType.PRODUCT: 0.22,
+        PageType.CATEGORY: 0.18,
+        PageType.CART: 0.10,
+        PageType.SEARCH: 0.06,
+        PageType.HOME: 0.04,
+        _EXIT: 0.40,
+    },
+    PageType.SEARCH: {
+        PageType.PRODUCT: 0.55,
+        PageType.SEARCH: 0.10,
+        PageType.CATEGORY: 0.10,
+        _EXIT: 0.25,
+    },
+    PageType.CART: {
+        PageType.CHECKOUT: 0.35,
+        PageType.PRODUCT: 0.15,
+        PageType.CATEGORY: 0.15,
+        PageType.HOME: 0.05,
+        _EXIT: 0.30,
+    },
+    PageType.CHECKOUT: {PageType.CART: 0.25, PageType.HOME: 0.05, _EXIT: 0.70},
+    PageType.CONFIRMATION: {
+        PageType.HOME: 0.10,
+        PageType.CATEGORY: 0.10,
+        PageType.ACCOUNT: 0.10,
+        _EXIT: 0.70,
+    },
+    PageType.ACCOUNT: {
+        PageType.HOME: 0.30,
+        PageType.CATEGORY: 0.20,
+        PageType.OTHER: 0.10,
+        _EXIT: 0.40,
+    },
+    PageType.OTHER: {PageType.HOME: 0.40, PageType.CATEGORY: 0.20, _EXIT: 0.40},
+}
+"""Sessions that will not convert; they may abandon checkout but never reach confirmation."""
+
+_BUY_TRANSITIONS: Final[Transitions] = {
+    PageType.HOME: {PageType.CATEGORY: 0.50, PageType.SEARCH: 0.20, PageType.PRODUCT: 0.30},
+    PageType.CATEGORY: {
+        PageType.PRODUCT: 0.75,
+        PageType.CATEGORY: 0.10,
+        PageType.SEARCH: 0.10,
+        PageType.CART: 0.05,
+    },
+    PageType.PRODUCT: {
+        PageType.CART: 0.40,
+        PageType.PRODUCT: 0.30,
+        PageType.CATEGORY: 0.20,
+        PageType.SEARCH: 0.10,
+    },
+    PageType.SEARCH: {PageType.PRODUCT: 0.85, PageType.SEARCH: 0.10, PageType.CATEGORY: 0.05},
+    PageType.CART: {PageType.CHECKOUT: 0.80, PageType.PRODUCT: 0.20},
+    PageType.CHECKOUT: {PageType.CONFIRMATION: 0.85, PageType.CART: 0.15},
+    PageType.ACCOUNT: {PageType.HOME: 0.50, PageType.CATEGORY: 0.50},
+    PageType.OTHER: {PageType.HOME: 0.50, PageType.CATEGORY: 0.50},
+}
+"""Sessions that will convert: no exit before the purchase; after it they browse on."""
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Every weight and rate of the simulation, in one place (see docs/producer.md).
+
+    Weights are relative (they need not sum to 1); rates are probabilities in ``[0, 1]``.
+    """
+
+    site_url: str = "https://shop.example.com"
+    """Origin of the simulated shop; page URLs are built on it."""
+    events_per_second: float = 100.0
+    """Density of the timeline: events per second of event time, on average."""
+    conversion_rate: float = 0.03
+    """Share of sessions that end in a purchase."""
+    returning_share: float = 0.30
+    """Share of sessions started by a returning visitor (once there are visitors to return)."""
+    return_after_min_seconds: float = 35 * 60
+    """A visitor returns no earlier than this after their previous event (> 30 minutes)."""
+    returning_direct_share: float = 0.5
+    """Share of returning sessions that come direct rather than through their channel again."""
+    max_known_visitors: int = 100_000
+    """How many past visitors are remembered as candidates to return (bounds memory)."""
+    device_weights: Mapping[DeviceType, float] = field(
+        default_factory=lambda: {
+            DeviceType.MOBILE: 0.56,
+            DeviceType.DESKTOP: 0.38,
+            DeviceType.TABLET: 0.06,
+        }
+    )
+    channel_weights: Mapping[Channel, float] = field(
+        default_factory=lambda: {
+            Channel.DIRECT: 0.28,
+            Channel.ORGANIC_SEARCH: 0.34,
+            Channel.PAID_SEARCH: 0.09,
+            Channel.SOCIAL: 0.13,
+            Channel.EMAIL: 0.09,
+            Channel.REFERRAL: 0.07,
+        }
+    )
+    location_jitter_km: float = 5.0
+    """Visitors' coordinates lie within this distance of their city's centre."""
+    dwell_median_seconds: Mapping[PageType, float] = field(
+        default_factory=lambda: {
+            PageType.HOME: 12.0,
+            PageType.CATEGORY: 25.0,
+            PageType.PRODUCT: 40.0,
+            PageType.SEARCH: 20.0,
+            PageType.CART: 30.0,
+            PageType.CHECKOUT: 90.0,
+            PageType.CONFIRMATION: 15.0,
+            PageType.ACCOUNT: 30.0,
+            PageType.OTHER: 25.0,
+        }
+    )
+    dwell_sigma: float = 0.9
+    """Spread of the log-normal dwell time (sigma of its logarithm)."""
+    max_dwell_seconds: float = 15 * 60
+    """Longest pause between two pages; below the 30-minute gap so sessions stay whole."""
+    browse_transitions: Transitions = field(default_factory=lambda: _BROWSE_TRANSITIONS)
+    buy_transitions: Transitions = field(default_factory=lambda: _BUY_TRANSITIONS)
+    add_to_cart_rate_browse: float = 0.08
+    """Chance that a product page view of a non-converting session adds to the cart."""
+    add_to_cart_rate_buy: float = 0.55
+    """Chance that a product page view of a converting session adds to the cart."""
+    remove_from_cart_rate: float = 0.10
+    """Chance that a cart page view with items removes one."""
+    max_pages_per_session: int = 40
+    """A session ends after this many pages; a converting one first heads for checkout."""
+    products_per_category: int = 60
+    currency: str = "EUR"
+    """ISO 4217 code of every price and revenue (one shop, one currency: revenues add up)."""
+    emit_session_id: bool = True
+    """Send the tracker's own session id (``session_id``), as most trackers do."""
+
+    def __post_init__(self) -> None:
+        # Frozen all the way down: the mappings become read-only copies.
+        for name in ("device_weights", "channel_weights", "dwell_median_seconds"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+        for name in ("browse_transitions", "buy_transitions"):
+            chain = {k: MappingProxyType(dict(row)) for k, row in getattr(self, name).items()}
+            object.__setattr__(self, name, MappingProxyType(chain))
+        problems: list[str] = []
+        for name in (
+            "conversion_rate",
+            "returning_share",
+            "returning_direct_share",
+            "add_to_cart_rate_browse",
+            "add_to_cart_rate_buy",
+            "remove_from_cart_rate",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                problems.append(f"{name} must lie in [0, 1], got {value}")
+        if not self.events_per_second > 0:
+            problems.append(f"events_per_second must be > 0, got {self.events_per_second}")
+        if self.return_after_min_seconds <= _INACTIVITY_GAP_SECONDS:
+            problems.append("return_after_min_seconds must exceed the 30-minute session gap (1800)")
+        if not 1.0 <= self.max_dwell_seconds < _INACTIVITY_GAP_SECONDS:
+            problems.append("max_dwell_seconds must lie in [1, 1800) so sessions stay whole")
+        if self.max_pages_per_session < 4:
+            problems.append("max_pages_per_session must be at least 4 (a purchase needs 4)")
+        if self.products_per_category < 1 or self.max_known_visitors < 1:
+            problems.append("products_per_category and max_known_visitors must be positive")
+        if len(self.currency) != 3 or not self.currency.isascii() or not self.currency.isupper():
+            problems.append(f"currency must be an ISO 4217 code, got {self.currency!r}")
+        if not self.site_url.startswith(("http://", "https://")) or self.site_url.endswith("/"):
+            problems.append("site_url must be an http(s) origin without a trailing slash")
+        for name, weights in (
+            ("device_weights", self.device_weights),
+            ("channel_weights", self.channel_weights),
+        ):
+            if any(w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
+                problems.append(f"{name} must be non-negative with a positive sum")
+        problems += _check_chain("browse_transitions", self.browse_transitions, buying=False)
+        problems += _check_chain("buy_transitions", self.buy_transitions, buying=True)
+        if problems:
+            raise ConfigError("invalid simulator configuration: " + "; ".join(problems))
+
+
+def _check_chain(name: str, chain: Transitions, *, buying: bool) -> list[str]:
+    problems = []
+    needed = set(PageType) if not buying else set(PageType) - {PageType.CONFIRMATION}
+    if missing := sorted(needed - set(chain)):
+        problems.append(f"{name} lacks rows for {', '.join(missing)}")
+    for source, row in chain.items():
+        if any(w < 0 for w in row.values()) or not sum(row.values()) > 0:
+            problems.append(f"{name}[{source}] must be non-negative with a positive sum")
+        if unknown := {str(t) for t in row} - {str(p) for p in PageType} - {_EXIT}:
+            problems.append(f"{name}[{source}] has unknown targets {sorted(unknown)}")
+        if buying and row.get(_EXIT, 0.0) > 0:
+            problems.append(f"{name}[{source}]: a converting session cannot exit before buying")
+        if not buying and row.get(PageType.CONFIRMATION, 0.0) > 0:
+            problems.append(f"{name}[{source}]: a non-converting session cannot buy")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """UTM tags of a landing page (``utm_source``, ``utm_medium``, ``utm_campaign``)."""
+
+    source: str
+    medium: str
+    name: str
+    query: str = field(init=False, repr=False, compare=False)
+    """The tags as a URL query string, as a marketer's link carries them."""
+    json: str = field(init=False, repr=False, compare=False)
+    """Pre-rendered JSON members ``utm_source``, ``utm_medium``, ``utm_campaign``."""
+
+    def __post_init__(self) -> None:
+        query = (
+            f"utm_source={quote_plus(self.source)}&utm_medium={quote_plus(self.medium)}"
+            f"&utm_campaign={quote_plus(self.name)}"
+        )
+        object.__setattr__(self, "query", query)
+        json = (
+            f',"utm_source":{_json_string(self.source)},"utm_medium":{_json_string(self.medium)}'
+            f',"utm_campaign":{_json_string(self.name)}'
+        )
+        object.__setattr__(self, "json", json)
+
+
+class Visitor(NamedTuple):
+    """A visitor with a stable identity, device, location and acquisition channel.
+
+    Make one with :func:`visitor`, which also renders the JSON fragments.
+    """
+
+    user_id: str
+    device_type: DeviceType
+    os: str
+    browser: str
+    country: str
+    city: str
+    latitude: float
+    longitude: float
+    channel: Channel
+    key: bytes
+    """``user_id`` as the Kafka message key."""
+    json_user: str
+    """Pre-rendered JSON member ``user_id``."""
+    json_device: str
+    """Pre-rendered JSON members ``device_type`` through ``longitude``."""
+
+
+def visitor(
+    *,
+    user_id: str,
+    device_type: DeviceType,
+    os: str,
+    browser: str,
+    country: str,
+    city: str,
+    latitude: float,
+    longitude: float,
+    channel: Channel,
+) -> Visitor:
+    """A :class:`Visitor` with its JSON fragments rendered (escaping as pydantic does)."""
+    # pydantic_core renders the floats so that they match ClickEvent.to_json() byte for byte
+    # (Python's repr differs, e.g. 1e-05 where pydantic writes 0.00001).
+    device = (
+        f',"device_type":"{device_type}","os":{_json_string(os)}'
+        f',"browser":{_json_string(browser)},"country":"{country}"'
+        f',"city":{_json_string(city)}'
+        f',"latitude":{pydantic_core.to_json(latitude).decode()}'
+        f',"longitude":{pydantic_core.to_json(longitude).decode()}'
+    )
+    return Visitor(
+        user_id,
+        device_type,
+        os,
+        browser,
+        country,
+        city,
+        latitude,
+        longitude,
+        channel,
+        user_id.encode(),
+        f'"user_id":{_json_string(user_id)}',
+        device,
+    )
+
+
+class PageVisit(NamedTuple):
+    """One page as one visitor saw it in one session; the events on it share these fields."""
+
+    session_id: str | None
+    page_url: str
+    page_type: PageType
+    referrer_url: str | None
+    campaign: Campaign | None
+    json: str
+    """Pre-rendered JSON members ``user_id`` through ``longitude`` (see :func:`page_visit`)."""
+
+
+def page_visit(
+    visitor: Visitor,
+    *,
+    session_id: str | None,
+    page_url: str,
+    page_type: PageType,
+    referrer_url: str | None = None,
+    campaign: Campaign | None = None,
+) -> PageVisit:
+    """A :class:`PageVisit` with its JSON fragment rendered (escaping as pydantic does)."""
+    parts = [visitor.json_user]
+    if session_id is not None:
+        parts += (',"session_id":', _json_string(session_id))
+    parts += (',"page_url":', _json_string(page_url), ',"page_type":"', page_type, '"')
+    if referrer_url is not None:
+        parts += (',"referrer_url":', _json_string(referrer_url))
+    if campaign is not None:
+        parts.append(campaign.json)
+    parts.append(visitor.json_device)
+    json = "".join(parts)
+    return PageVisit(session_id, page_url, page_type, referrer_url, campaign, json)
+
+
+class EventDetails(NamedTuple):
+    """The fields only some event types carry (product, search, purchase)."""
+
+    product_id: str | None = None
+    search_query: str | None = None
+    order_id: str | None = None
+    revenue: Decimal | None = None
+    currency: str | None = None
+    json: str = ""
+    """Pre-rendered JSON members (each with a leading comma; see :func:`event_details`)."""
+
+
+def event_details(
+    *,
+    product_id: str | None = None,
+    search_query: str | None = None,
+    order_id: str | None = None,
+    revenue: Decimal | None = None,
+    currency: str | None = None,
+) -> EventDetails:
+    """An :class:`EventDetails` with its JSON fragment rendered (escaping as pydantic does)."""
+    parts = []
+    for name, value in (
+        ("product_id", product_id),
+        ("search_query", search_query),
+        ("order_id", order_id),
+    ):
+        if value is not None:
+            parts.append(f',"{name}":{_json_string(value)}')
+    if revenue is not None:
+        # ClickEvent serialises revenue as a JSON number through float.
+        parts.append(f',"revenue":{pydantic_core.to_json(float(revenue)).decode()}')
+    if currency is not None:
+        parts.append(f',"currency":{_json_string(currency)}')
+    return EventDetails(product_id, search_query, order_id, revenue, currency, "".join(parts))
+
+
+_NO_DETAILS: Final = EventDetails()
+
+
+class SimulatedEvent(NamedTuple):
+    """One simulated click event, valid by construction (the unit tests check it).
+
+    ``occurred_ms`` is the event time in milliseconds since the Unix epoch (UTC). The page and
+    session fields are shared with the other events of the same page (:attr:`page`), the
+    visitor's fields with all their events (:attr:`visitor`).
+    """
+
+    event_id: str
+    event_type: EventType
+    occurred_ms: int
+    visitor: Visitor
+    page: PageVisit
+    details: EventDetails = _NO_DETAILS
+
+    @property
+    def user_id(self) -> str:
+        """The visitor's id, also the Kafka message key."""
+        return self.visitor.user_id
+
+    @property
+    def session_id(self) -> str | None:
+        """The tracker's session id (the same for every event of one simulated session)."""
+        return self.page.session_id
+
+    @property
+    def occurred_at(self) -> datetime:
+        """The event time as a timezone-aware UTC datetime."""
+        return datetime.fromtimestamp(self.occurred_ms / 1000, tz=UTC)
+
+    def to_json(self) -> bytes:
+        """The wire form, byte-identical to ``self.to_click_event().to_json()`` but faster."""
+        return (
+            f'{{"event_id":"{self.event_id}","event_type":"{self.event_type}",'
+            f'"occurred_at":"{_format_time(self.occurred_ms)}",'
+            f"{self.page.json}{self.details.json}}}"
+        ).encode()
+
+    def to_dict(self) -> dict[str, object]:
+        """The event's fields as :class:`ClickEvent` takes them (``None`` for absent ones)."""
+        visitor, page, details, campaign = self.visitor, self.page, self.details, self.page.campaign
+        return {
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "occurred_at": _format_time(self.occurred_ms),
+            "user_id": visitor.user_id,
+            "session_id": page.session_id,
+            "page_url": page.page_url,
+            "page_type": page.page_type,
+            "referrer_url": page.referrer_url,
+            "utm_source": campaign.source if campaign else None,
+            "utm_medium": campaign.medium if campaign else None,
+            "utm_campaign": campaign.name if campaign else None,
+            "device_type": visitor.device_type,
+            "os": visitor.os,
+            "browser": visitor.browser,
+            "country": visitor.country,
+            "city": visitor.city,
+            "latitude": visitor.latitude,
+            "longitude": visitor.longitude,
+            "product_id": details.product_id,
+            "search_query": details.search_query,
+            "order_id": details.order_id,
+            "revenue": details.revenue,
+            "currency": details.currency,
+        }
+
+    def to_click_event(self) -> ClickEvent:
+        """The validated :class:`ClickEvent` (full contract validation; slower than to_json)."""
+        return ClickEvent.model_validate(self.to_dict())
+
+
+@lru_cache(maxsize=4096)
+def _second_prefix(epoch_second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_second))
+
+
+def _format_time(occurred_ms: int) -> str:
+    # Pydantic's rendering of a UTC datetime: no fraction when it is zero, else microseconds.
+    second, millis = divmod(occurred_ms, 1000)
+    if millis:
+        return f"{_second_prefix(second)}.{millis:03d}000Z"
+    return _second_prefix(second) + "Z"
+
+
+def _to_ms(moment: datetime) -> int:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        msg = f"the clock must return timezone-aware datetimes, got {moment!r}"
+        raise ConfigError(msg)
+    return math.floor(moment.timestamp() * 1000)
+
+
+_T = TypeVar("_T")
+Pick = Callable[[Callable[[], float]], _T]
+"""A weighted choice: call it with a uniform [0, 1) source (``rng.random``)."""
+
+
+def _weighted(pairs: Sequence[tuple[_T, float]]) -> Pick[_T]:
+    items = [item for item, weight in pairs if weight > 0]
+    cumulative = list(accumulate(weight for _, weight in pairs if weight > 0))
+    total = cumulative[-1]
+    cumulative[-1] = math.inf  # random() * total can round up to total
+
+    def pick(random: Callable[[], float]) -> _T:
+        return items[bisect(cumulative, random() * total)]
+
+    return pick
+
+
+def _chain(chain: Transitions) -> dict[PageType, Pick[PageType | None]]:
+    return {
+        source: _weighted(
+            [(None if str(target) == _EXIT else PageType(target), w) for target, w in row.items()]
+        )
+        for source, row in chain.items()
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Product:
+    product_id: str
+    category: str
+    price: Decimal
+    url: str
+    viewed: EventDetails
+    searches: tuple[tuple[str, str, EventDetails], ...]
+    """(query, results page URL, details of the search event) for a few queries that find it."""
+
+
+class _Session:
+    """A visit in progress: where the visitor is, what is in the cart, what comes next."""
+
+    __slots__ = (
+        "buying",
+        "cart",
+        "category",
+        "head",
+        "page",
+        "page_count",
+        "pending",
+        "purchased",
+        "search_product",
+        "session_id",
+        "url_json",
+        "visitor",
+    )
+
+    def __init__(self, visitor: Visitor, session_id: str | None, *, buying: bool) -> None:
+        self.visitor = visitor
+        self.session_id = session_id
+        # JSON of the fields every event of the session shares, up to the page URL.
+        self.head = visitor.json_user
+        if session_id is not None:
+            self.head += f',"session_id":{_json_string(session_id)}'
+        self.url_json = ""
+        """The current page URL as JSON, reused as the next page's referrer."""
+        self.buying = buying
+        self.purchased = False
+        self.cart: list[_Product] = []
+        self.page_count = 0
+        self.page: PageVisit
+        self.category = ""
+        self.search_product: _Product | None = None
+        # Events of the current page not yet emitted, the next one last: (due ms, type, details).
+        self.pending: list[tuple[int, EventType, EventDetails]] = []
+
+
+_new_tuple = tuple.__new__
+_sqrt, _log, _cos, _exp, _TWO_PI = math.sqrt, math.log, math.cos, math.exp, 2.0 * math.pi
+_UUID_KEEP: Final = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_V4: Final = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _format_uuid4(bits: int) -> str:
+    """128 random bits as a version 4 UUID in canonical form, as ``str(uuid.UUID(...))``."""
+    h = f"{bits & _UUID_KEEP | _UUID_V4:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_CLOCK_EVERY: Final = 256
+"""In clamp mode, read the clock at most once per this many events."""
+
+
+class TrafficSimulator:
+    """A deterministic stream of realistic shop traffic (see the module docstring).
+
+    Args:
+        config: weights and rates; ``config.events_per_second`` sets the session arrival rate.
+        seed: seeds the random generator and the Faker instance of this simulator.
+        clock: returns the current time (timezone-aware); read for the default start and, when
+            ``clamp_to_clock`` is set, while generating.
+        start: first possible event time (default: ``clock()``).
+        end: stop before the first event later than this (default: never stop).
+        clamp_to_clock: stamp an event whose simulated time is still in the future with the
+            clock's time instead, so an unpaced producer never sends future events. Time order
+            is kept; dwell times shrink.
+    """
+
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        seed: int,
+        clock: Callable[[], datetime],
+        start: datetime | None = None,
+        end: datetime | None = None,
+        clamp_to_clock: bool = False,
+    ) -> None:
+        self.config = config if config is not None else SimulatorConfig()
+        self.seed = seed
+        self._clock = clock
+        self._start_ms = _to_ms(start if start is not None else clock())
+        self._end_ms = _to_ms(end) if end is not None else None
+        self._clamp = clamp_to_clock
+        self._rng = random.Random(seed)  # noqa: S311 - a simulation, not secrets
+        self._faker = Faker("en_US")
+        self._faker.seed_instance(seed)
+        # Visitor ids are what Faker's uuid4() returns, drawn from the same seeded generator
+        # but formatted here: Faker's provider dispatch costs more than the rest of a visitor.
+        self._faker_bits = self._faker.random.getrandbits
+        self._build_tables()
+        self._known: list[Visitor] = []
+        self._cooling: list[tuple[int, int, Visitor]] = []
+        self._cooling_sequence = 0
+        self.mean_events_per_session, self.mean_session_seconds = self._estimate_sessions()
+
+    @classmethod
+    def backfill(
+        cls,
+        config: SimulatorConfig | None = None,
+        *,
+        seed: int,
+        clock: Callable[[], datetime],
+        window: timedelta,
+        count: int,
+    ) -> TrafficSimulator:
+        """``count`` events spread over the ``window`` that ends at ``clock()``.
+
+        Take the first ``count`` events: the density is set so that they fit the window with a
+        margin, so they end a little before ``clock()`` (a few percent of the window for large
+        counts). Sessions still running at the end are cut there: no event lies in the future.
+        """
+        if window <= timedelta(0) or count <= 0:
+            msg = "backfill needs a positive window and a positive count"
+            raise ConfigError(msg)
+        config = config if config is not None else SimulatorConfig()
+        end = clock()
+        probe = cls(config, seed=seed, clock=lambda: end)
+        # Sessions that start near the end are cut short: leave room for the average one.
+        seconds = window.total_seconds()
+        usable = max(seconds - probe.mean_session_seconds, seconds / 2)
+        # A little denser than needed, so that the count is reached inside the window even
+        # when chance brings fewer events (the event count of n sessions varies by about
+        # 1.5 * sqrt(n) sessions' worth): the last few percent of the window stay empty.
+        sessions = max(count / probe.mean_events_per_session, 1.0)
+        margin = 1.0 + 5.0 / math.sqrt(sessions)
+        dense = replace(config, events_per_second=count / usable * margin)
+        return cls(dense, seed=seed, clock=lambda: end, start=end - window, end=end)
+
+    def __iter__(self) -> Iterator[SimulatedEvent]:
+        return self.events()
+
+    def events(self) -> Iterator[SimulatedEvent]:
+        """Yield events forever (or until ``end``), in non-decreasing ``occurred_ms`` order.
+
+        Iterate once per simulator: the visitors and the random stream belong to it.
+        """
+        # The hot loop: locals instead of attribute look-ups, tuples built directly.
+        getrandbits, expovariate = self._rng.getrandbits, self._rng.expovariate
+        heappush, heappop = heapq.heappush, heapq.heappop
+        start_session, next_page, end_session = (
+            self._start_session,
+            self._next_page,
+            self._end_session,
+        )
+        make, event_class = _new_tuple, SimulatedEvent
+        uuid_keep, uuid_v4 = _UUID_KEEP, _UUID_V4
+        arrivals_per_ms = self.config.events_per_second / self.mean_events_per_session / 1000.0
+        heap: list[tuple[int, int, _Session]] = []
+        sequence = 0
+        next_arrival = float(self._start_ms)
+        end_ms = self._end_ms if self._end_ms is not None else 2**62
+        clamp, clock, clock_ms, stale = self._clamp, self._clock, self._start_ms, 0
+        last_stamp = self._start_ms
+        while True:
+            if heap and heap[0][0] < next_arrival:
+                due, _, session = heappop(heap)
+            else:
+                due = int(next_arrival)
+                session = start_session(due)
+                next_arrival += expovariate(arrivals_per_ms)
+            if due > end_ms:
+                return
+            due, event_type, details = session.pending.pop()
+            stamp = due
+            if clamp:
+                if due > clock_ms:
+                    stale += 1
+                    if stale >= _CLOCK_EVERY or clock_ms == self._start_ms:
+                        clock_ms, stale = max(clock_ms, _to_ms(clock())), 0
+                    stamp = min(due, clock_ms)
+                last_stamp = stamp = max(stamp, last_stamp)
+            h = f"{getrandbits(128) & uuid_keep | uuid_v4:032x}"
+            event_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+            yield make(
+                event_class, (event_id, event_type, stamp, session.visitor, session.page, details)
+            )
+            if session.pending or next_page(session, due):
+                sequence += 1
+                heappush(heap, (session.pending[-1][0], sequence, session))
+            else:
+                end_session(session, due)
+
+    def click_events(self) -> Iterator[ClickEvent]:
+        """Like :meth:`events`, as validated :class:`ClickEvent` models (slower)."""
+        for event in self.events():
+            yield event.to_click_event()
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _build_tables(self) -> None:
+        config, fake, rng = self.config, self._faker, self._rng
+        self._random = rng.random
+        self._cities = _weighted([(city, city.weight) for city in CITIES])
+        self._device_types = _weighted(list(config.device_weights.items()))
+        self._profiles = {
+            device_type: _weighted(
+                [(p, p.weight) for p in DEVICE_PROFILES if p.device_type is device_type]
+            )
+            for device_type in DeviceType
+        }
+        self._channels = _weighted(list(config.channel_weights.items()))
+        self._engines = _weighted([((url, name), w) for url, name, w in _SEARCH_ENGINES])
+        self._socials = _weighted([((url, name), w) for url, name, w in _SOCIAL_NETWORKS])
+        self._paid_campaigns = {
+            name: [Campaign(name, "cpc", c) for c in _PAID_CAMPAIGNS]
+            for _, name, _ in _SEARCH_ENGINES
+        }
+        self._social_campaigns = {
+            name: [Campaign(name, "social", c) for c in _SOCIAL_CAMPAIGNS]
+            for _, name, _ in _SOCIAL_NETWORKS
+        }
+        self._email_campaigns = [Campaign("newsletter", "email", c) for c in _EMAIL_CAMPAIGNS]
+        self._referral_sites = [
+            f"https://{fake.domain_name()}/{fake.uri_path()}" for _ in range(40)
+        ]
+        site = config.site_url
+        products: list[_Product] = []
+        self._by_category: dict[str, Pick[_Product]] = {}
+        for category, (nouns, median) in _CATEGORIES.items():
+            in_category = []
+            for index in range(config.products_per_category):
+                colour = fake.safe_color_name()
+                noun = nouns[index % len(nouns)]
+                name = f"{colour.title()} {fake.word().title()} {noun}"
+                product_id = f"SKU-{fake.unique.random_int(100_000, 999_999)}"
+                slug = "-".join(name.lower().split())
+                queries = (noun, f"{colour} {noun}", f"{noun} {category}", name.lower())
+                in_category.append(
+                    _Product(
+                        product_id=product_id,
+                        category=category,
+                        price=_price(rng, median),
+                        url=f"{site}/p/{slug}-{product_id.lower()}",
+                        viewed=event_details(product_id=product_id),
+                        searches=tuple(
+                            (q, f"{site}/search?q={quote_plus(q)}", event_details(search_query=q))
+                            for q in queries
+                        ),
+                    )
+                )
+            # Popularity follows a Zipf-like law: a few best sellers, a long tail.
+            self._by_category[category] = _weighted(
+                [(p, 1.0 / (rank + 1)) for rank, p in enumerate(in_category)]
+            )
+            products += in_category
+        per_category = config.products_per_category
+        self._products = _weighted(
+            [(p, 1.0 / (1 + i % per_category)) for i, p in enumerate(products)]
+        )
+        self._categories = _weighted([(c, 1.0 / (1 + i / 2)) for i, c in enumerate(_CATEGORIES)])
+        self._browse = _chain(config.browse_transitions)
+        self._buy = _chain(config.buy_transitions)
+        self._log_dwell = {p: math.log(s) for p, s in config.dwell_median_seconds.items()}
+
+    def _estimate_sessions(self) -> tuple[float, float]:
+        """Mean events per session and mean session length (seconds), by walking sessions.
+
+        Runs on a private generator so that the main stream is unaffected.
+        """
+        main_random = self._random
+        self._random = random.Random(0x5EED).random  # noqa: S311
+        someone = {
+            channel: visitor(
+                user_id="estimate",
+                device_type=DeviceType.DESKTOP,
+                os="Linux",
+                browser="Firefox",
+                country="DE",
+                city="Berlin",
+                latitude=0.0,
+                longitude=0.0,
+                channel=channel,
+            )
+            for channel in Channel
+        }
+        samples, events, span = 4000, 0, 0
+        try:
+            for _ in range(samples):
+                channel = self._channels(self._random)
+                returning = self._random() < self.config.returning_share
+                session = self._open_session(someone[channel], 0, "estimate", returning=returning)
+                first = session.pending[-1][0]
+                while True:
+                    events += len(session.pending)
+                    last = session.pending[0][0]
+                    session.pending.clear()
+                    if not self._next_page(session, last):
+                        break
+                span += last - first
+        finally:
+            self._random = main_random
+        return events / samples, span / samples / 1000.0
+
+    # -- visitors and sessions ----------------------------------------------------------------
+
+    def _uuid(self) -> str:
+        return _format_uuid4(self._rng.getrandbits(128))
+
+    def _make_visitor(self) -> Visitor:
+        random = self._random
+        profile = self._profiles[self._device_types(random)](random)
+        city = self._cities(random)
+        latitude, longitude = _jitter(random, city, self.config.location_jitter_km)
+        return visitor(
+            user_id=_format_uuid4(self._faker_bits(128)),
+            device_type=profile.device_type,
+            os=profile.os,
+            browser=profile.browser,
+            country=city.country,
+            city=city.name,
+            latitude=latitude,
+            longitude=longitude,
+            channel=self._channels(random),
+        )
+
+    def _start_session(self, at_ms: int) -> _Session:
+        random, cooling, known = self._random, self._cooling, self._known
+        while cooling and cooling[0][0] <= at_ms:
+            known.append(heapq.heappop(cooling)[2])
+        if len(known) > self.config.max_known_visitors:
+            # Forget a random past visitor: memory stays flat however long the run.
+            index = int(random() * len(known))
+            known[index] = known[-1]
+            known.pop()
+        if known and random() < self.config.returning_share:
+            index = int(random() * len(known))
+            visitor = known[index]
+            known[index] = known[-1]
+            known.pop()
+            return self._open_session(visitor, at_ms, self._session_id(), returning=True)
+        return self._open_session(self._make_visitor(), at_ms, self._session_id(), returning=False)
+
+    def _session_id(self) -> str | None:
+        return self._uuid() if self.config.emit_session_id else None
+
+    def _open_session(
+        self, visitor: Visitor, at_ms: int, session_id: str | None, *, returning: bool
+    ) -> _Session:
+        random, config = self._random, self.config
+        session = _Session(visitor, session_id, buying=random() < config.conversion_rate)
+        channel = visitor.channel
+        if returning and random() < config.returning_direct_share:
+            channel = Channel.DIRECT
+        referrer, campaign, landing = self._acquisition(channel)
+        referrer_json = None if referrer is None else _json_string(referrer)
+        self._visit(session, landing, at_ms, referrer, referrer_json, campaign)
+        return session
+
+    def _end_session(self, session: _Session, last_ms: int) -> None:
+        self._cooling_sequence += 1
+        available = last_ms + int(self.config.return_after_min_seconds * 1000)
+        heapq.heappush(self._cooling, (available, self._cooling_sequence, session.visitor))
+
+    def _acquisition(self, channel: Channel) -> tuple[str | None, Campaign | None, PageType]:
+        random = self._random
+        choice = random()
+        campaign: Campaign | None
+        if channel is Channel.ORGANIC_SEARCH:
+            url, _ = self._engines(random)
+            landing = (PageType.HOME, PageType.CATEGORY, PageType.PRODUCT)[int(choice * 3)]
+            return url, None, landing
+        if channel is Channel.PAID_SEARCH:
+            url, name = self._engines(random)
+            campaign = _one_of(random, self._paid_campaigns[name])
+            return url, campaign, PageType.PRODUCT if choice < 0.6 else PageType.CATEGORY
+        if channel is Channel.SOCIAL:
+            url, name = self._socials(random)
+            tagged = choice < 0.4
+            campaign = _one_of(random, self._social_campaigns[name]) if tagged else None
+            landing = PageType.PRODUCT if random() < 0.65 else PageType.CATEGORY
+            return url, campaign, landing
+        if channel is Channel.EMAIL:
+            # Mail clients send no referrer; the UTM tags are the only trace.
+            campaign = _one_of(random, self._email_campaigns)
+            return None, campaign, PageType.CATEGORY if choice < 0.5 else PageType.PRODUCT
+        if channel is Channel.REFERRAL:
+            url = _one_of(random, self._referral_sites)
+            return url, None, PageType.PRODUCT if choice < 0.7 else PageType.HOME
+        return None, None, PageType.HOME if choice < 0.7 else PageType.PRODUCT
+
+    # -- pages --------------------------------------------------------------------------------
+
+    def _next_page(self, session: _Session, now_ms: int) -> bool:
+        """Move the session to its next page (its events queued); False when it ends."""
+        random, config = self._random, self.config
+        current = session.page.page_type
+        converting = session.buying and not session.purchased
+        capped = session.page_count >= config.max_pages_per_session
+        target: PageType | None
+        if capped and not converting:
+            return False
+        if capped:
+            target = _FORCED_NEXT[current]
+        else:
+            target = (self._buy if converting else self._browse)[current](random)
+            if target is None:
+                return False
+        if target is PageType.CHECKOUT and not session.cart:
+            # Nothing to check out: the visitor goes back to the products.
+            target = PageType.PRODUCT if converting else PageType.CATEGORY
+        # Log-normal dwell time; the normal deviate by Box-Muller on our uniform source.
+        normal = _sqrt(-2.0 * _log(1.0 - random())) * _cos(_TWO_PI * random())
+        dwell = _exp(self._log_dwell[current] + config.dwell_sigma * normal)
+        dwell_ms = int(min(max(dwell, 1.0), config.max_dwell_seconds) * 1000)
+        referrer = session.page.page_url
+        self._visit(session, target, now_ms + dwell_ms, referrer, session.url_json)
+        return True
+
+    def _visit(  # noqa: PLR0917 - the hot path: positional arguments are cheaper
+        self,
+        session: _Session,
+        page_type: PageType,
+        at_ms: int,
+        referrer: str | None,
+        referrer_json: str | None,
+        campaign: Campaign | None = None,
+    ) -> None:
+        random, config = self._random, self.config
+        site = config.site_url
+        details = _NO_DETAILS
+        later: tuple[int, EventType, EventDetails] | None = None
+        if page_type is PageType.PRODUCT:
+            product = self._pick_product(session)
+            url = product.url
+            details = product.viewed
+            session.category = product.category
+            rate = config.add_to_cart_rate_buy if session.buying else config.add_to_cart_rate_browse
+            forced = (
+                session.buying
+                and not session.cart
+                and session.page_count >= config.max_pages_per_session
+            )
+            if forced or random() < rate:
+                session.cart.append(product)
+                later = (at_ms + _within(random, 3_000, 30_000), EventType.ADD_TO_CART, details)
+        elif page_type is PageType.CATEGORY:
+            session.category = self._categories(random)
+            url = f"{site}/c/{session.category}"
+            if random() < 0.3:
+                url += f"?page={2 + int(random() * 4)}"
+        elif page_type is PageType.HOME:
+            url = site + "/"
+        elif page_type is PageType.SEARCH:
+            product = self._products(random)
+            _, url, search = _one_of(random, product.searches)
+            session.search_product = product
+            later = (at_ms + _within(random, 200, 1_500), EventType.SEARCH, search)
+        elif page_type is PageType.CART:
+            url = site + "/cart"
+            if session.cart and random() < config.remove_from_cart_rate:
+                removed = session.cart.pop(int(random() * len(session.cart)))
+                after = at_ms + _within(random, 2_000, 20_000)
+                later = (after, EventType.REMOVE_FROM_CART, removed.viewed)
+        elif page_type is PageType.CHECKOUT:
+            url = site + "/checkout"
+            later = (at_ms + _within(random, 500, 3_000), EventType.BEGIN_CHECKOUT, _NO_DETAILS)
+        elif page_type is PageType.CONFIRMATION:
+            order_id = f"ORD-{int(random() * 2**48):012X}"
+            revenue = sum((p.price for p in session.cart), Decimal(0)).quantize(_CENT)
+            session.cart.clear()
+            session.purchased = True
+            url = f"{site}/checkout/confirmation?order={order_id}"
+            purchase = event_details(order_id=order_id, revenue=revenue, currency=config.currency)
+            later = (at_ms + _within(random, 300, 2_000), EventType.PURCHASE, purchase)
+        elif page_type is PageType.ACCOUNT:
+            url = site + _one_of(random, _ACCOUNT_PATHS)
+        else:
+            url = site + _one_of(random, _OTHER_PATHS)
+        # The same JSON as page_visit() renders, built from pre-rendered pieces (hot path).
+        url_json = _json_string(url)
+        if campaign is None:
+            utm = ""
+        else:
+            url += ("&" if "?" in url else "?") + campaign.query
+            url_json = _json_string(url)
+            utm = campaign.json
+        ref = "" if referrer_json is None else ',"referrer_url":' + referrer_json
+        json = (
+            f'{session.head},"page_url":{url_json},"page_type":"{page_type}"'
+            f"{ref}{utm}{session.visitor.json_device}"
+        )
+        session.page = _new_tuple(
+            PageVisit, (session.session_id, url, page_type, referrer, campaign, json)
+        )
+        session.url_json = url_json
+        session.page_count += 1
+        viewed = (at_ms, EventType.PAGE_VIEW, details)
+        session.pending = [viewed] if later is None else [later, viewed]
+
+    def _pick_product(self, session: _Session) -> _Product:
+        random = self._random
+        found, session.search_product = session.search_product, None
+        if found is not None and random() < 0.6:
+            return found
+        if session.category and random() < 0.8:
+            return self._by_category[session.category](random)
+        return self._products(random)
+
+
+_FORCED_NEXT: Final[dict[PageType, PageType]] = {
+    PageType.HOME: PageType.PRODUCT,
+    PageType.CATEGORY: PageType.PRODUCT,
+    PageType.SEARCH: PageType.PRODUCT,
+    PageType.ACCOUNT: PageType.PRODUCT,
+    PageType.OTHER: PageType.PRODUCT,
+    PageType.PRODUCT: PageType.CART,
+    PageType.CART: PageType.CHECKOUT,
+    PageType.CHECKOUT: PageType.CONFIRMATION,
+}
+"""A converting session past ``max_pages_per_session`` goes product -> cart -> checkout -> buy."""
+
+
+def _one_of(random: Callable[[], float], items: Sequence[_T]) -> _T:
+    return items[int(random() * len(items))]
+
+
+def _within(random: Callable[[], float], low_ms: int, high_ms: int) -> int:
+    return low_ms + int(random() * (high_ms - low_ms))
+
+
+def _price(rng: random.Random, median: float) -> Decimal:
+    raw = rng.lognormvariate(math.log(median), 0.5)
+    cents = rng.choice((99, 99, 95, 90, 0, 50))
+    return Decimal(f"{max(int(raw), 1)}.{cents:02d}")
+
+
+def _jitter(random: Callable[[], float], city: City, radius_km: float) -> tuple[float, float]:
+    # Uniform over a disc of radius_km around the centre; 4 decimals is about 11 m.
+    distance = radius_km * math.sqrt(random())
+    bearing = random() * 2 * math.pi
+    dlat = distance * math.cos(bearing) / _KM_PER_DEGREE
+    dlon = distance * math.sin(bearing) / (_KM_PER_DEGREE * math.cos(math.radians(city.latitude)))
+    # "+ 0.0" turns a rounded -0.0 into 0.0.
+    return round(city.latitude + dlat, 4) + 0.0, round(city.longitude + dlon, 4) + 0.0

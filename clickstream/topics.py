@@ -1,0 +1,259 @@
+"""Create the events topic and the dead-letter topic, idempotently (for a local Kafka).
+
+On Aiven, Pulumi creates both topics; this command is for the local stack and for any cluster
+where the operator may create topics. Running it again changes nothing: existing topics are
+reported and left as they are (a partition count that differs from the request is reported,
+never changed, because adding partitions moves keys to other partitions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from clickstream.errors import ClickstreamError, ConfigError, TerminalError, TransientError
+from clickstream.kafka import kafka_client_config, librdkafka_logger
+from clickstream.settings import load_settings
+
+__all__ = ["TopicOutcome", "TopicResult", "TopicSpec", "ensure_topics", "main"]
+
+logger = logging.getLogger(__name__)
+
+_DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic as it should exist."""
+
+    name: str
+    partitions: int
+    replication_factor: int = 1
+    config: Mapping[str, str] = field(default_factory=dict)
+    """Topic-level configuration, e.g. ``{"retention.ms": "604800000"}``."""
+
+
+class TopicOutcome(StrEnum):
+    """What :func:`ensure_topics` found or did."""
+
+    CREATED = "created"
+    EXISTS = "exists"
+
+
+@dataclass(frozen=True)
+class TopicResult:
+    """The outcome for one topic, with its actual partition count."""
+
+    name: str
+    outcome: TopicOutcome
+    partitions: int
+
+
+def ensure_topics(
+    *, admin_config: Mapping[str, Any], specs: Sequence[TopicSpec], timeout: float
+) -> list[TopicResult]:
+    """Create the topics that do not exist yet; leave existing ones unchanged (idempotent).
+
+    Args:
+        admin_config: librdkafka configuration of an admin client.
+        specs: the topics wanted.
+        timeout: seconds to wait for the cluster (each request).
+
+    Raises:
+        TransientError: no broker answered within ``timeout``.
+        TerminalError: the cluster refused to create a topic (e.g. not allowed, bad config).
+    """
+    admin = AdminClient(dict(admin_config))
+    existing = _partition_counts(admin, timeout)
+    missing = [spec for spec in specs if spec.name not in existing]
+    created: set[str] = set()
+    if missing:
+        futures = admin.create_topics(
+            [
+                NewTopic(
+                    spec.name,
+                    num_partitions=spec.partitions,
+                    replication_factor=spec.replication_factor,
+                    config=dict(spec.config),
+                )
+                for spec in missing
+            ],
+            operation_timeout=timeout,
+            request_timeout=timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result(timeout=timeout)
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue  # created concurrently by someone else: that is fine
+                msg = f"cannot create topic {name!r}: {error.str()}"
+                raise TerminalError(msg) from exc
+            created.add(name)
+        existing = _partition_counts(admin, timeout)
+    results = []
+    for spec in specs:
+        partitions = existing.get(spec.name, spec.partitions)
+        outcome = TopicOutcome.CREATED if spec.name in created else TopicOutcome.EXISTS
+        if outcome is TopicOutcome.EXISTS and partitions != spec.partitions:
+            logger.warning(
+                "topic %s exists with %d partitions (asked for %d); left unchanged",
+                spec.name,
+                partitions,
+                spec.partitions,
+            )
+        results.append(TopicResult(spec.name, outcome, partitions))
+    return results
+
+
+def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        msg = f"no Kafka broker answered within {timeout:g} s: {exc.args[0]}"
+        raise TransientError(msg) from exc
+    return {
+        name: len(topic.partitions)
+        for name, topic in metadata.topics.items()
+        if topic.error is None
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m clickstream.topics",
+        description=(
+            "Create the click-events topic and its dead-letter topic if they do not exist "
+            "(idempotent). On Aiven, Pulumi creates them instead."
+        ),
+        epilog=(
+            "Examples:\n"
+            "  python -m clickstream.topics\n"
+            "  python -m clickstream.topics --partitions 12 --bootstrap-servers 127.0.0.1:19092\n"
+            "\n"
+            "Connection settings come from the CLICKSTREAM_* environment variables;\n"
+            "flags override them. Exit status: 0 done, 2 bad configuration,\n"
+            "3 Kafka unreachable or a topic could not be created."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT[,...]",
+        help="Kafka bootstrap servers (default: $CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS or "
+        "127.0.0.1:19092)",
+    )
+    parser.add_argument(
+        "--topic", help="events topic (default: $CLICKSTREAM_TOPIC or clickstream.events)"
+    )
+    parser.add_argument(
+        "--dlq-topic",
+        help="dead-letter topic (default: $CLICKSTREAM_DLQ_TOPIC or clickstream.events.dlq)",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=_positive_int,
+        default=6,
+        help="partitions of the events topic: the most consumers that can share the work "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dlq-partitions",
+        type=_positive_int,
+        default=1,
+        help="partitions of the dead-letter topic (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--replication-factor",
+        type=_positive_int,
+        default=1,
+        help="copies of each partition; 1 for a single local broker (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=_positive_int,
+        default=7,
+        help="how long the events topic keeps messages (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dlq-retention-days",
+        type=_positive_int,
+        default=30,
+        help="how long the dead-letter topic keeps messages (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=15.0,
+        help="seconds to wait for the cluster (default: %(default)s)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        msg = f"must be a positive integer, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m clickstream.topics``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = load_settings(
+            role="admin",
+            overrides={
+                "kafka_bootstrap_servers": args.bootstrap_servers,
+                "topic": args.topic,
+                "dlq_topic": args.dlq_topic,
+            },
+        )
+        admin_config = {
+            **kafka_client_config(settings),
+            "client.id": "clickstream-topics",
+            "logger": librdkafka_logger(),
+        }
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    specs = [
+        TopicSpec(
+            settings.topic,
+            args.partitions,
+            args.replication_factor,
+            {"cleanup.policy": "delete", "retention.ms": str(args.retention_days * _DAY_MS)},
+        ),
+        TopicSpec(
+            settings.dlq_topic,
+            args.dlq_partitions,
+            args.replication_factor,
+            {"cleanup.policy": "delete", "retention.ms": str(args.dlq_retention_days * _DAY_MS)},
+        ),
+    ]
+    try:
+        results = ensure_topics(admin_config=admin_config, specs=specs, timeout=args.timeout)
+    except ClickstreamError as exc:
+        logger.error("%s (Kafka at %s)", exc, settings.kafka_bootstrap_servers)
+        return 3
+    for result in results:
+        sys.stdout.write(f"{result.name}: {result.outcome} ({result.partitions} partitions)\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""The produce command without a broker: arguments, durations, JSON-lines output."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from clickstream import produce
+from clickstream.events import decode_event
+from clickstream.producer import ProducerTuning, producer_config
+from clickstream.settings import Settings
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("90s", timedelta(seconds=90)),
+        ("15m", timedelta(minutes=15)),
+        ("2h", timedelta(hours=2)),
+        ("1d", timedelta(days=1)),
+        ("1h30m", timedelta(hours=1, minutes=30)),
+        ("1.5h", timedelta(minutes=90)),
+        (" 2H ", timedelta(hours=2)),
+    ],
+)
+def test_durations(text: str, expected: timedelta) -> None:
+    assert produce.parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "2", "h", "2 hours", "-1h", "0s", "1h-5m", "2w"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        produce.parse_duration(text)
+
+
+def _stdout_lines(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> list[bytes]:
+    assert produce.main(["--stdout", "--progress", "log", *argv]) == 0
+    return capsysbinary.readouterr().out.splitlines()
+
+
+def test_stdout_writes_valid_events_as_json_lines(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    lines = _stdout_lines(capsysbinary, "--count", "40", "--seed", "3", "--rate", "0")
+    assert len(lines) == 40
+    now = datetime.now(UTC)
+    events = [decode_event(line, now=now, future_tolerance=timedelta(0)) for line in lines]
+    assert len({e.event_id for e in events}) == 40
+    # Live mode: the first event happens now, none in the future.
+    assert now - timedelta(minutes=1) < events[0].occurred_at <= now
+
+
+def test_default_is_15_events(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    assert len(_stdout_lines(capsysbinary, "--seed", "1")) == 15
+
+
+def test_same_seed_same_events_apart_from_the_time(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    def without_time(lines: list[bytes]) -> list[dict[str, object]]:
+        return [{k: v for k, v in json.loads(x).items() if k != "occurred_at"} for x in lines]
+
+    def run(seed: str) -> list[dict[str, object]]:
+        argv = ("--count", "30", "--seed", seed, "--rate", "0")
+        return without_time(_stdout_lines(capsysbinary, *argv))
+
+    first, second, other = run("9"), run("9"), run("10")
+    assert first == second
+    assert first != other
+
+
+def test_validate_flag_writes_the_same_bytes(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    # --validate goes through ClickEvent; the bytes must not change.
+    fast = _stdout_lines(capsysbinary, "--count", "25", "--seed", "4", "--backfill", "1h")
+    checked = _stdout_lines(
+        capsysbinary, "--count", "25", "--seed", "4", "--backfill", "1h", "--validate"
+    )
+    assert [json.loads(x)["event_id"] for x in fast] == [json.loads(x)["event_id"] for x in checked]
+    assert [{**json.loads(x), "occurred_at": 0} for x in fast] == [
+        {**json.loads(x), "occurred_at": 0} for x in checked
+    ]
+
+
+def test_backfill_events_lie_in_the_past_window(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    before = datetime.now(UTC)
+    lines = _stdout_lines(capsysbinary, "--count", "500", "--backfill", "2h", "--seed", "2")
+    after = datetime.now(UTC)
+    times = [decode_event(x, now=after, future_tolerance=timedelta(0)).occurred_at for x in lines]
+    assert len(times) == 500
+    assert times == sorted(times)
+    assert (
+        before - timedelta(hours=2, seconds=1)
+        <= times[0]
+        <= before - timedelta(hours=1, minutes=50)
+    )
+    assert times[-1] <= after
+
+
+def test_backfill_needs_a_positive_count(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        produce.main(["--backfill", "2h", "--count", "-1"])
+    assert exit_info.value.code == 2
+    assert "--backfill needs a positive --count" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--count", "-2"],
+        ["--rate", "-1"],
+        ["--conversion-rate", "1.5"],
+        ["--backfill", "yesterday"],
+        ["--compression", "brotli"],
+    ],
+)
+def test_bad_arguments_exit_with_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        produce.main(argv)
+    assert exit_info.value.code == 2
+
+
+def test_malformed_bootstrap_servers_is_a_configuration_error() -> None:
+    assert (
+        produce.main(["--bootstrap-servers", "no-port-here"]) == produce.ExitCode.BAD_CONFIGURATION
+    )
+
+
+def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        produce.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "Examples:" in text
+    assert "--backfill" in text
+    assert "Exit status" in text
+
+
+def test_producer_configuration_is_idempotent_and_batched() -> None:
+    config = producer_config(
+        Settings(kafka_bootstrap_servers="broker:9092"), ProducerTuning(compression="zstd")
+    )
+    assert config["bootstrap.servers"] == "broker:9092"
+    assert config["enable.idempotence"] is True
+    assert config["acks"] == "all"
+    assert config["compression.type"] == "zstd"
+    assert config["linger.ms"] == 20
+    assert config["batch.size"] == 1_048_576
+    assert config["message.timeout.ms"] == 120_000
