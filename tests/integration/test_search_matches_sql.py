@@ -81,8 +81,7 @@ def test_converted_sessions_per_country(pipeline_data) -> None:
     from_search = _terms(client, f"{prefix}-sessions", "country", {"term": {"converted": True}})
     from_sql = _sql(
         url,
-        "SELECT country, count(*) FROM sessions WHERE converted AND country IS NOT NULL"
-        " GROUP BY 1",
+        "SELECT country, count(*) FROM sessions WHERE converted AND country IS NOT NULL GROUP BY 1",
     )
     assert from_search == from_sql
     assert sum(from_sql.values()) > 0
