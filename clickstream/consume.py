@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
+from clickstream.cli import add_log_level, configure_logging
 from clickstream.db import make_engine
 from clickstream.dead_letters import KafkaDeadLetterSink
 from clickstream.errors import ClickstreamError, ConfigError, TransientError
@@ -369,18 +370,14 @@ def _parser() -> argparse.ArgumentParser:
         help="how soon the group reassigns the partitions of a consumer that died (default 45;"
         " the broker allows 6 to 1800)",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    add_log_level(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level)
     overrides: dict[str, Any] = {
         "kafka_bootstrap_servers": args.bootstrap_servers,
         "topic": args.topic,

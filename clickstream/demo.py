@@ -38,6 +38,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from sqlalchemy import Engine, func, select
 
+from clickstream.cli import add_log_level, configure_logging
 from clickstream.consume import ConsumerOptions, run
 from clickstream.dashboard.server import DashboardApp, DashboardServer
 from clickstream.db import make_engine
@@ -409,18 +410,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="dashboard refresh (default %(default)s)",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    add_log_level(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns 0 after a clean stop (Ctrl-C, SIGTERM or ``--duration``)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level)
     options = DemoOptions(
         host=args.host,
         port=args.port,

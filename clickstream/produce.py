@@ -36,6 +36,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from clickstream.cli import add_log_level
 from clickstream.errors import ClickstreamError, ConfigError, DeliveryError, TransientError
 from clickstream.producer import COMPRESSION_TYPES, EventProducer, ProducerTuning, producer_config
 from clickstream.settings import load_settings
@@ -235,7 +236,7 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds between progress log lines (default: %(default)s)",
     )
-    output.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    add_log_level(output)
     return parser
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from clickstream.cli import add_log_level, configure_logging
 from clickstream.errors import ClickstreamError, ConfigError, TerminalError, TransientError
 from clickstream.kafka import kafka_client_config, librdkafka_logger
 from clickstream.settings import load_settings
@@ -196,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
         default=15.0,
         help="seconds to wait for the cluster (default: %(default)s)",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    add_log_level(parser)
     return parser
 
 
@@ -211,9 +212,7 @@ def _positive_int(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m clickstream.topics``; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     try:
         settings = load_settings(
             role="admin",

@@ -13,6 +13,7 @@ from types import FrameType
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
+from clickstream.cli import add_log_level, configure_logging
 from clickstream.dashboard.server import DashboardApp, DashboardServer
 from clickstream.db import make_engine
 from clickstream.errors import ClickstreamError, ConfigError
@@ -84,18 +85,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often the page refreshes its figures (default %(default)s)",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    add_log_level(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; serves until SIGINT/SIGTERM and returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level)
     try:
         settings = load_settings(role="admin", overrides={"database_url": args.database_url})
         engine = make_engine(settings.database_url.get_secret_value(), application_name="dashboard")

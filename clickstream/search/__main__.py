@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from clickstream.cli import add_log_level, configure_logging
 from clickstream.errors import ClickstreamError, ConfigError
 from clickstream.search.client import make_client, redact_url
 from clickstream.search.dashboards import import_dashboards
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    add_log_level(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     setup = commands.add_parser(
@@ -158,11 +158,7 @@ def _run(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status (0 ok, 1 failed, 2 bad settings)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level)
     try:
         _run(args)
     except ConfigError as exc:
