@@ -242,7 +242,9 @@ class PostgresService:
     def prepare(self) -> None:
         """Create (or reset the password of) the project role and create its database.
 
-        Idempotent; runs after every ``up``. The role may create databases (test fixtures do).
+        Idempotent; runs after every ``up``. The role may create databases (test fixtures do)
+        and signal other backends, so ``DROP DATABASE ... WITH (FORCE)`` can end an autovacuum
+        worker that happens to be in a test database.
         """
         user = self.config.postgres_user
         database = self.config.postgres_database
@@ -254,6 +256,7 @@ class PostgresService:
                     verb, sql.Identifier(user), sql.Literal(self.config.postgres_password)
                 )
             )
+            conn.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(user)))
             has_db = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
             ).fetchone()
