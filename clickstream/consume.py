@@ -193,7 +193,11 @@ def run(
         KafkaException: a fatal Kafka error.
     """
     stop = stop or threading.Event()
-    engine = make_engine(settings.database_url.get_secret_value(), application_name="consume")
+    engine = make_engine(
+        settings.database_url.get_secret_value(),
+        application_name="clickstream-consume",
+        statement_timeout_s=120,
+    )
     _check_schema(engine, stop)
     search = (
         _build_search(settings, stop)
@@ -201,6 +205,7 @@ def run(
         else None
     )
     dead_letters = KafkaDeadLetterSink(settings)
+    dead_letters.require_topic()
     processor = BatchProcessor(
         engine=engine,
         rules=SessionRules(
@@ -266,8 +271,11 @@ def _loop(
         batch = [m for m in messages if not _is_error(m)]
         if not batch:
             progress.maybe_log(consumer)
+            synced = _sync_when_idle(processor)
             idle = time.monotonic() - last_message
-            if _caught_up(consumer, idle, options.exit_when_idle, options.session_timeout):
+            if synced and _caught_up(
+                consumer, idle, options.exit_when_idle, options.session_timeout
+            ):
                 _log.info("caught up and idle for %.0fs: exiting", idle)
                 return
             continue
@@ -285,6 +293,16 @@ def _loop(
         _commit(consumer, batch)
         progress.total.add(report)
         progress.maybe_log(consumer)
+
+
+def _sync_when_idle(processor: BatchProcessor) -> bool:
+    """Drain session documents left queued by a crash or an outage; False if that failed."""
+    try:
+        processor.sync_search()
+    except TransientError as exc:
+        _log.warning("search outbox not drained (%s); will retry", exc)
+        return False
+    return True
 
 
 def _caught_up(

@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from clickstream.errors import TransientError
+from clickstream.errors import ConfigError, DeliveryError, TransientError
 from clickstream.kafka import kafka_client_config
 from clickstream.pipeline import DeadLetter
 from clickstream.settings import Settings
 
-__all__ = ["KafkaDeadLetterSink"]
+__all__ = ["MAX_DEAD_LETTER_VALUE_BYTES", "KafkaDeadLetterSink"]
+
+MAX_DEAD_LETTER_VALUE_BYTES: Final = 900_000
+"""Values above this are truncated (headers ``truncated`` and ``original_size`` say so), to stay
+under Kafka's default 1 MB message limit with the dead-letter headers."""
+
+_TERMINAL_CODES: Final = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_CONFIG,
+    }
+)
 
 _log = logging.getLogger(__name__)
 
@@ -26,6 +41,7 @@ class KafkaDeadLetterSink:
         self._topic = settings.dlq_topic
         self._flush_timeout = flush_timeout
         self._failures: list[str] = []
+        self._fatal: list[str] = []
         self._producer = Producer(
             {
                 **kafka_client_config(settings),
@@ -38,19 +54,34 @@ class KafkaDeadLetterSink:
         )
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            self._failures.append(f"{error.name()}: {error.str()}")
+        if error is None:
+            return
+        text = f"{error.name()}: {error.str()}"
+        # Retrying cannot fix these; stopping loudly beats retrying the same batch forever.
+        if error.fatal() or error.code() in _TERMINAL_CODES:
+            self._fatal.append(text)
+        else:
+            self._failures.append(text)
 
     def send(self, letters: Sequence[DeadLetter]) -> None:
         """Produce every letter and wait until all are acknowledged.
 
         Raises:
             TransientError: a letter was not acknowledged within the timeout.
+            DeliveryError: the broker refuses dead letters for good (authorization, a fatal
+                producer error); the message says which.
         """
         self._failures.clear()
+        self._fatal.clear()
         for letter in letters:
             self._produce(letter)
         remaining = self._producer.flush(self._flush_timeout)
+        if self._fatal:
+            msg = (
+                f"the dead-letter topic {self._topic} refuses messages: {self._fatal[0]}; "
+                "check that it exists and that this client may write to it"
+            )
+            raise DeliveryError(msg)
         if remaining or self._failures:
             detail = "; ".join(self._failures[:3]) or f"{remaining} not acknowledged in time"
             msg = f"dead letters not delivered to {self._topic}: {detail}"
@@ -66,10 +97,15 @@ class KafkaDeadLetterSink:
             )
 
     def _produce(self, letter: DeadLetter) -> None:
+        value, headers = letter.value, letter.headers()
+        if value is not None and len(value) > MAX_DEAD_LETTER_VALUE_BYTES:
+            # Larger than a Kafka message may be by default: keep the head, say so.
+            headers += [("truncated", b"true"), ("original_size", str(len(value)).encode())]
+            value = value[:MAX_DEAD_LETTER_VALUE_BYTES]
         kwargs: dict[str, Any] = {
             "key": letter.key,
-            "value": letter.value,
-            "headers": letter.headers(),
+            "value": value,
+            "headers": headers,
             "on_delivery": self._on_delivery,
         }
         while True:
@@ -78,6 +114,33 @@ class KafkaDeadLetterSink:
                 return
             except BufferError:
                 self._producer.poll(0.1)
+            except KafkaException as exc:
+                msg = f"cannot produce a dead letter to {self._topic}: {exc}"
+                raise TransientError(msg) from exc
+
+    def require_topic(self, timeout: float = 15.0) -> None:
+        """Fail fast, with what to do, when the dead-letter topic does not exist.
+
+        Raises:
+            ConfigError: the topic is missing (or not visible to this client).
+            TransientError: the brokers did not answer.
+        """
+        try:
+            metadata = self._producer.list_topics(self._topic, timeout=timeout)
+        except KafkaException as exc:
+            msg = f"Kafka did not answer a metadata request: {exc}"
+            raise TransientError(msg) from exc
+        topic = metadata.topics.get(self._topic)
+        missing = topic is None or (
+            topic.error is not None and topic.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        )
+        if missing:
+            msg = (
+                f"the dead-letter topic {self._topic} does not exist: create it "
+                "(python -m clickstream.topics locally; Pulumi creates it on Aiven) or set "
+                "CLICKSTREAM_DLQ_TOPIC"
+            )
+            raise ConfigError(msg)
 
     def close(self) -> None:
         """Flush what is pending."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
+import pycountry
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -35,6 +36,7 @@ from pydantic import (
 from clickstream.errors import InvalidEvent
 
 __all__ = [
+    "EARLIEST_OCCURRED_AT",
     "MAX_MESSAGE_BYTES",
     "SCHEMA_PATH",
     "ClickEvent",
@@ -50,6 +52,12 @@ MAX_MESSAGE_BYTES: Final = 64 * 1024
 """A message larger than this is invalid (``too_large``)."""
 
 SCHEMA_PATH: Final = Path(__file__).with_name("schemas") / "click_event.v1.json"
+
+EARLIEST_OCCURRED_AT: Final = datetime(1970, 1, 1, tzinfo=UTC)
+"""``occurred_at`` before this instant is invalid (``schema``)."""
+
+_COUNTRIES: Final = frozenset(country.alpha_2 for country in pycountry.countries)
+_CURRENCIES: Final = frozenset(currency.alpha_3 for currency in pycountry.currencies)
 
 
 class Reason(StrEnum):
@@ -119,7 +127,7 @@ def _rfc3339(value: Any) -> datetime:
         if value.utcoffset() is None:
             msg = "must be timezone-aware"
             raise ValueError(msg)
-        return value.astimezone(UTC)
+        return _after_epoch(value.astimezone(UTC))
     match = _RFC3339_RE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         msg = "must be an RFC 3339 date-time with an offset, e.g. 2024-05-01T12:00:00Z"
@@ -129,20 +137,48 @@ def _rfc3339(value: Any) -> datetime:
     micros = (fraction or ".0")[1:7].ljust(6, "0")
     offset = "+00:00" if offset in ("Z", "z") else offset
     try:
-        parsed = datetime.fromisoformat(f"{date}T{time}.{micros}{offset}")
-    except ValueError as exc:
+        parsed = datetime.fromisoformat(f"{date}T{time}.{micros}{offset}").astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         msg = f"is not a valid date-time: {exc}"
         raise ValueError(msg) from None
-    return parsed.astimezone(UTC)
+    return _after_epoch(parsed)
+
+
+def _after_epoch(value: datetime) -> datetime:
+    # Clicks before the Unix epoch are corrupt clocks, and far-past values would overflow
+    # the session window arithmetic (occurred_at - gap) downstream.
+    if value < EARLIEST_OCCURRED_AT:
+        msg = f"must not be before {EARLIEST_OCCURRED_AT.isoformat()}"
+        raise ValueError(msg)
+    return value
 
 
 def _absolute_url(value: str, *, schemes: tuple[str, ...] | None) -> str:
-    parts = urlsplit(value)
-    if not parts.scheme or not parts.netloc:
-        msg = "must be an absolute URL"
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        host = None
+        parts = None
+    if parts is None or not parts.scheme or not host or any(c.isspace() for c in host):
+        msg = "must be an absolute URL with a host"
         raise ValueError(msg)
     if schemes is not None and parts.scheme.lower() not in schemes:
         msg = f"must be an absolute {' or '.join(schemes)} URL"
+        raise ValueError(msg)
+    return value
+
+
+def _iso_country(value: str) -> str:
+    if value not in _COUNTRIES:
+        msg = f"{value!r} is not an ISO 3166-1 alpha-2 country code in upper case (e.g. DE)"
+        raise ValueError(msg)
+    return value
+
+
+def _iso_currency(value: str) -> str:
+    if value not in _CURRENCIES:
+        msg = f"{value!r} is not an ISO 4217 currency code in upper case (e.g. EUR)"
         raise ValueError(msg)
     return value
 
@@ -220,7 +256,7 @@ class ClickEvent(BaseModel):
     device_type: DeviceType
     os: str | None = None
     browser: str | None = None
-    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] | None = None
+    country: Annotated[str, AfterValidator(_iso_country)] | None = None
     city: str | None = None
     latitude: Annotated[float, Field(ge=-90, le=90)] | None = None
     longitude: Annotated[float, Field(ge=-180, le=180)] | None = None
@@ -228,7 +264,7 @@ class ClickEvent(BaseModel):
     search_query: str | None = None
     order_id: str | None = None
     revenue: Revenue | None = None
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None
+    currency: Annotated[str, AfterValidator(_iso_currency)] | None = None
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ClickEvent:
@@ -262,6 +298,12 @@ def json_schema() -> dict[str, Any]:
     )
     schema["properties"]["occurred_at"]["pattern"] = _RFC3339_RE.pattern
     schema["properties"]["event_id"]["pattern"] = _UUID_RE.pattern
+    schema["properties"]["occurred_at"]["description"] = (
+        f"RFC 3339 with an offset, not before {EARLIEST_OCCURRED_AT.isoformat()}"
+    )
+    for name, codes in (("country", _COUNTRIES), ("currency", _CURRENCIES)):
+        string, _null = schema["properties"][name]["anyOf"]
+        string["enum"] = sorted(codes)
     return schema
 
 
@@ -295,6 +337,8 @@ def decode_event(raw: bytes | None, *, now: datetime, future_tolerance: timedelt
         )
     try:
         event = ClickEvent.model_validate_json(raw)
+    except (OverflowError, RecursionError) as exc:  # a value beyond what Python represents
+        raise InvalidEvent(Reason.SCHEMA, f"a value is out of range: {exc}") from None
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         kinds = {item["type"] for item in errors}

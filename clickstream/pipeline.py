@@ -3,15 +3,19 @@
 The order of effects makes redelivery harmless (exactly-once *effect*):
 
 1. decode and validate every message; invalid ones become :class:`DeadLetter` s;
-2. open a SQL transaction and write events, ``traffic_minute`` and sessions (idempotent);
-3. index the *new* events and the changed sessions into OpenSearch (idempotent by ``_id``);
-4. send dead letters (including documents OpenSearch rejected) and wait for Kafka's ack;
+2. open a SQL transaction; write events, ``traffic_minute`` and sessions (idempotent) and
+   queue the ids of changed sessions in the search outbox (:mod:`clickstream.outbox`);
+3. index the *new* events into OpenSearch (``_id`` = ``event_id``, create-only);
+4. send dead letters (including events OpenSearch rejected) and wait for Kafka's ack;
 5. commit the SQL transaction;
-6. the caller commits the Kafka offsets.
+6. drain the outbox: each queued session's document is made equal to its committed row;
+7. the caller commits the Kafka offsets.
 
-A failure before 5 rolls everything back in SQL and the batch is retried; OpenSearch may then
-hold documents of the uncommitted attempt, which the retry rewrites identically. A crash between
-5 and 6 redelivers the batch: SQL reports every event as a duplicate and nothing changes.
+A failure before 5 rolls everything back in SQL and the batch is retried; an event indexed by
+the failed attempt is the same event the retry stores (the same first copy of its partition),
+and session documents only ever come from committed rows. A failure in 6 leaves the ids
+queued: the batch is retried (SQL sees duplicates) and the drain runs again. A crash between 5
+and 7 redelivers the batch: SQL reports every event as a duplicate and nothing changes.
 Dead letters are delivered at least once; their ``source_*`` headers identify them uniquely.
 """
 
@@ -27,10 +31,10 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from clickstream import outbox
 from clickstream.errors import InvalidEvent, TransientError
 from clickstream.events import ClickEvent, Reason, decode_event
-from clickstream.sessions import Session
-from clickstream.store import BatchOutcome, PositionedEvent, SessionRules, session_row, write_batch
+from clickstream.store import BatchOutcome, PositionedEvent, SessionRules, write_batch
 
 __all__ = [
     "BatchProcessor",
@@ -147,8 +151,8 @@ def _event_document(event: ClickEvent) -> dict[str, Any]:
     return event.model_dump(mode="json")
 
 
-def _session_document(session: Session) -> dict[str, Any]:
-    return session_row(session)
+def _session_document(row: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +193,7 @@ class BatchProcessor:
             # A value the database refuses although it passed validation: isolate the culprits.
             _log.warning("the database refused a batch (%s); storing events one by one", exc.orig)
             outcome = self._commit_one_by_one(valid, letters, sources)
+        self.sync_search()
         report = BatchReport(
             consumed=len(messages),
             stored=len(outcome.new_events),
@@ -212,7 +217,9 @@ class BatchProcessor:
             with self.engine.begin() as conn:
                 outcome = write_batch(conn, events=valid, rules=self.rules)
                 if self.search is not None:
-                    letters.extend(_index(self.search, outcome, sources))
+                    changed = [s.session_id for s in outcome.sessions.upserted]
+                    outbox.enqueue(conn, [*changed, *outcome.sessions.deleted])
+                    letters.extend(_index_events(self.search, outcome, sources))
                 if letters:
                     self.dead_letters.send(letters)
         except DBAPIError as exc:
@@ -240,33 +247,39 @@ class BatchProcessor:
             self.dead_letters.send(letters)
         return total
 
+    def sync_search(self) -> int:
+        """Bring OpenSearch's session documents in line with committed SQL state.
 
-def _is_unavailable(exc: DBAPIError) -> bool:
-    return isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated
+        Called after every batch and when the consumer is idle (leftovers of a crash).
 
+        Raises:
+            TransientError: OpenSearch or the database is unavailable; call again later.
+        """
+        if self.search is None:
+            return 0
+        try:
+            return outbox.drain(
+                self.engine,
+                self.search.upsert_sessions,
+                row_to_document=_session_document,
+                on_rejected=self._dead_letter_sessions,
+            )
+        except DBAPIError as exc:
+            if _is_unavailable(exc):
+                msg = f"the database is unavailable: {exc.orig}"
+                raise TransientError(msg) from exc
+            raise
 
-def _index(
-    search: SearchIndex, outcome: BatchOutcome, sources: Mapping[str, IncomingMessage]
-) -> list[DeadLetter]:
-    letters: list[DeadLetter] = []
-    if outcome.new_events:
-        for rejection in search.index_events([_event_document(e) for e in outcome.new_events]):
-            source = sources.get(rejection.doc_id)
-            if source is not None:
-                letters.append(
-                    _dead_letter(source, rejection.reason, f"opensearch: {rejection.detail}")
-                )
-    if outcome.sessions.upserted or outcome.sessions.deleted:
-        rejected = search.upsert_sessions(
-            [_session_document(s) for s in outcome.sessions.upserted], outcome.sessions.deleted
-        )
-        by_id = {s.session_id: s for s in outcome.sessions.upserted}
+    def _dead_letter_sessions(
+        self, rejected: Sequence[Rejection], documents: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        letters = []
         for rejection in rejected:
-            session = by_id.get(rejection.doc_id)
-            document = _session_document(session) if session else {"session_id": rejection.doc_id}
+            document = documents.get(rejection.doc_id, {"session_id": rejection.doc_id})
+            user = document.get("user_id")
             letters.append(
                 DeadLetter(
-                    key=(session.user_id.encode() if session else None),
+                    key=str(user).encode() if user else None,
                     value=json.dumps(document, default=str).encode(),
                     reason=rejection.reason,
                     detail=f"opensearch rejected session document: {rejection.detail}",
@@ -274,5 +287,24 @@ def _index(
                     source_partition=-1,
                     source_offset=-1,
                 )
+            )
+        self.dead_letters.send(letters)
+
+
+def _is_unavailable(exc: DBAPIError) -> bool:
+    return isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated
+
+
+def _index_events(
+    search: SearchIndex, outcome: BatchOutcome, sources: Mapping[str, IncomingMessage]
+) -> list[DeadLetter]:
+    letters: list[DeadLetter] = []
+    if not outcome.new_events:
+        return letters
+    for rejection in search.index_events([_event_document(e) for e in outcome.new_events]):
+        source = sources.get(rejection.doc_id)
+        if source is not None:
+            letters.append(
+                _dead_letter(source, rejection.reason, f"opensearch: {rejection.detail}")
             )
     return letters

@@ -26,8 +26,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
+import psycopg
 from sqlalchemy import Connection, Table, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from clickstream.db.models import events_table, sessions_table, traffic_minute_table
 from clickstream.events import ClickEvent, EventType
@@ -191,18 +193,22 @@ def _copy_insert(
     if driver is None:  # pragma: no cover - a live connection always has one
         msg = "no DB-API connection"
         raise RuntimeError(msg)
-    with driver.cursor() as cursor:
-        cursor.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {twin} (LIKE {quote(table.name)} INCLUDING DEFAULTS) "
-            "ON COMMIT DELETE ROWS"
-        )
-        with cursor.copy(f"COPY {twin} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row([row[c] for c in columns])
-        cursor.execute(
-            f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} FROM {twin} {suffix}"
-        )
-        return cursor.fetchall() if cursor.description else []
+    insert = f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} FROM {twin} {suffix}"
+    try:
+        with driver.cursor() as cursor:
+            cursor.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {twin} "
+                f"(LIKE {quote(table.name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            with cursor.copy(f"COPY {twin} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row([row[c] for c in columns])
+            cursor.execute(insert)
+            return cursor.fetchall() if cursor.description else []
+    except psycopg.Error as exc:
+        # The driver is used directly here: give callers the same SQLAlchemy exception
+        # classes (OperationalError, DataError, ...) as every other statement raises.
+        raise DBAPIError.instance(insert, None, exc, psycopg.Error, dialect=conn.dialect) from exc
 
 
 def _insert_events(conn: Connection, items: Iterable[PositionedEvent]) -> list[str]:

@@ -14,7 +14,10 @@ from sqlalchemy.exc import ArgumentError
 
 from clickstream.errors import ConfigError
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "make_engine", "normalize_url"]
+__all__ = ["CONNECT_TIMEOUT_S", "SQLITE_BUSY_TIMEOUT_MS", "make_engine", "normalize_url"]
+
+CONNECT_TIMEOUT_S: Final = 10
+"""Seconds a PostgreSQL connection attempt may take."""
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 10_000
 """How long a SQLite connection waits for another writer's lock before failing."""
@@ -68,13 +71,18 @@ def _postgres_utc(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.autocommit = autocommit
 
 
-def make_engine(url: str, *, application_name: str = "clickstream") -> Engine:
+def make_engine(
+    url: str, *, application_name: str = "clickstream", statement_timeout_s: float | None = None
+) -> Engine:
     """Create an engine for PostgreSQL (psycopg 3) or SQLite.
 
     PostgreSQL connections are checked before use (``pool_pre_ping``), because managed
     databases close idle connections, report ``application_name`` to the server and use the
     ``UTC`` session time zone, so SQL such as ``date_trunc('minute', occurred_at)`` buckets
     by UTC.
+    Connecting gives up after :data:`CONNECT_TIMEOUT_S`, TCP keepalives notice a dead peer,
+    and ``statement_timeout_s`` (when given) bounds every statement, so a database behind a
+    broken network path fails fast instead of hanging a consumer past Kafka's poll interval.
     SQLite connections use WAL journaling, enforce foreign keys and wait up to
     :data:`SQLITE_BUSY_TIMEOUT_MS` for locks. Nothing connects until the engine is first used.
 
@@ -86,10 +94,20 @@ def make_engine(url: str, *, application_name: str = "clickstream") -> Engine:
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    connect_args: dict[str, Any] = {
+        "application_name": application_name,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    if statement_timeout_s is not None:
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
     engine = create_engine(
         parsed,
         pool_pre_ping=True,
-        connect_args={"application_name": application_name},
+        connect_args=connect_args,
     )
     event.listen(engine, "connect", _postgres_utc)
     return engine

@@ -52,10 +52,12 @@ __all__ = [
     "NAMING_CONVENTION",
     "Base",
     "EventRow",
+    "SearchOutboxRow",
     "SessionRow",
     "TrafficMinuteRow",
     "UtcDateTime",
     "events_table",
+    "search_outbox_table",
     "sessions_table",
     "traffic_minute_table",
 ]
@@ -186,7 +188,7 @@ class SessionRow(Base):
     event_count: Mapped[int] = mapped_column(Integer)
     page_views: Mapped[int] = mapped_column(Integer)
     purchases: Mapped[int] = mapped_column(Integer)
-    revenue: Mapped[Decimal] = mapped_column(Numeric(12, 2), server_default="0")
+    revenue: Mapped[Decimal] = mapped_column(Numeric(18, 2), server_default="0")
     converted: Mapped[bool]
     bounced: Mapped[bool]
     entry_page: Mapped[str] = mapped_column(String(2048))
@@ -242,7 +244,7 @@ class TrafficMinuteRow(Base):
     page_views: Mapped[int] = mapped_column(BigInteger, server_default="0")
     add_to_carts: Mapped[int] = mapped_column(BigInteger, server_default="0")
     purchases: Mapped[int] = mapped_column(BigInteger, server_default="0")
-    revenue: Mapped[Decimal] = mapped_column(Numeric(14, 2), server_default="0")
+    revenue: Mapped[Decimal] = mapped_column(Numeric(20, 2), server_default="0")
 
     __table_args__ = (
         CheckConstraint(_one_of("device_type", DeviceType), name="device_type"),
@@ -252,6 +254,21 @@ class TrafficMinuteRow(Base):
         CheckConstraint("purchases BETWEEN 0 AND events", name="purchases"),
         CheckConstraint("revenue >= 0", name="revenue"),
     )
+
+
+class SearchOutboxRow(Base):
+    """Sessions whose OpenSearch document must be brought in line with ``sessions``.
+
+    Written in the same transaction as the session rows; drained after the commit (the id's
+    row in ``sessions`` is indexed, or its document deleted when the row is gone). ``version``
+    grows on every re-enqueue, so a drain only removes what it actually synchronised.
+    """
+
+    __tablename__ = "search_outbox"
+
+    session_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, server_default="1")
+    enqueued_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
 def _table(model: type[Base]) -> Table:
@@ -268,3 +285,5 @@ sessions_table: Final = _table(SessionRow)
 """Core ``Table`` of ``sessions``."""
 traffic_minute_table: Final = _table(TrafficMinuteRow)
 """Core ``Table`` of ``traffic_minute``."""
+search_outbox_table: Final = _table(SearchOutboxRow)
+"""Core ``Table`` of ``search_outbox``."""

@@ -1,7 +1,8 @@
 """Bulk indexing of stored events and sessions into OpenSearch (the consumer's search sink).
 
-The consumer calls the sink after PostgreSQL committed a batch and before it commits the Kafka
-offsets, so every write here must be idempotent under redelivery:
+The consumer indexes a batch's new events inside its open SQL transaction, and session documents
+after the commit, from the search outbox (:mod:`clickstream.outbox`); both happen before it
+commits the Kafka offsets, so every write here must be idempotent under redelivery:
 
 * events are written with ``op_type=create`` and ``_id = event_id`` into the daily index of their
   ``occurred_at``; a redelivered event hits the same index and id and gets ``409``, which counts

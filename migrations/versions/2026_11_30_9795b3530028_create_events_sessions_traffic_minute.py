@@ -110,7 +110,7 @@ def upgrade() -> None:
         sa.Column("page_views", sa.Integer(), nullable=False),
         sa.Column("purchases", sa.Integer(), nullable=False),
         sa.Column(
-            "revenue", sa.Numeric(precision=12, scale=2), server_default="0", nullable=False
+            "revenue", sa.Numeric(precision=18, scale=2), server_default="0", nullable=False
         ),
         sa.Column("converted", sa.Boolean(), nullable=False),
         sa.Column("bounced", sa.Boolean(), nullable=False),
@@ -169,7 +169,7 @@ def upgrade() -> None:
         sa.Column("add_to_carts", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("purchases", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column(
-            "revenue", sa.Numeric(precision=14, scale=2), server_default="0", nullable=False
+            "revenue", sa.Numeric(precision=20, scale=2), server_default="0", nullable=False
         ),
         sa.CheckConstraint(DEVICE_TYPES, name=op.f("ck_traffic_minute_device_type")),
         sa.CheckConstraint("events >= 0", name=op.f("ck_traffic_minute_events")),

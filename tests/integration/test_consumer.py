@@ -408,3 +408,43 @@ def test_opensearch_outage_pauses_and_both_sinks_end_exact(
     assert indexed_sessions == len(stored_sessions)
     assert ids == {r["session_id"] for r in stored_sessions}
     assert events_in_sessions == indexed_events
+
+
+def test_a_row_postgresql_refuses_is_dead_lettered_and_the_rest_stored(
+    stack, topics, migrated_database_url, tmp_path: Path
+) -> None:
+    # A database-side rule the event contract does not know about (here a trigger) refuses
+    # one event inside the COPY-based bulk write: the batch is retried event by event and
+    # only the refused event goes to the dead-letter topic.
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(migrated_database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$"
+                " BEGIN IF NEW.user_id = 'poison' THEN"
+                " RAISE EXCEPTION 'refused by a database rule' USING ERRCODE = '22003';"
+                " END IF; RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON events"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+            )
+        )
+    engine.dispose()
+    good = [_valid(2000 + n) for n in range(5)]
+    poison = _valid(2999) | {"user_id": "poison"}
+    t = topics(1)
+    produce_events(stack.kafka_bootstrap, t.events, [*good[:2], poison, *good[2:]])
+    output = run_consumer(
+        _env(stack, t, migrated_database_url), "--no-opensearch", log=tmp_path / "c.log"
+    )
+    assert scalar(migrated_database_url, "SELECT count(*) FROM events") == len(good)
+    (letter,) = read_all(stack.kafka_bootstrap, t.dlq, expected=1)
+    assert letter.headers["reason"] == "rejected_by_sink"
+    assert "refused by a database rule" in letter.headers["detail"]
+    assert json.loads(letter.value or b"")["user_id"] == "poison"
+    assert "dead-lettered 1" in output

@@ -20,18 +20,20 @@ from clickstream.db.migrate import SchemaDriftError, check, downgrade, upgrade
 from clickstream.db.models import events_table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEAD = "9795b3530028"
+HEAD = "b41c7e2d9a10"
 
-TABLES = {"events", "sessions", "traffic_minute"}
+TABLES = {"events", "sessions", "traffic_minute", "search_outbox"}
 INDEXES = {
     "events": {"ix_events_occurred_at", "ix_events_user_id_occurred_at"},
     "sessions": {"ix_sessions_started_at", "ix_sessions_user_id_started_at"},
     "traffic_minute": set(),
+    "search_outbox": set(),
 }
 PRIMARY_KEYS = {
     "events": ("pk_events", ["event_id"]),
     "sessions": ("pk_sessions", ["session_id"]),
     "traffic_minute": ("pk_traffic_minute", ["minute", "device_type", "country"]),
+    "search_outbox": ("pk_search_outbox", ["session_id"]),
 }
 
 

@@ -98,8 +98,8 @@ TRAFFIC_COLUMNS = [
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
-def test_exactly_the_three_contract_tables():
-    assert set(Base.metadata.tables) == {"events", "sessions", "traffic_minute"}
+def test_the_three_contract_tables_and_the_search_outbox():
+    assert set(Base.metadata.tables) == {"events", "sessions", "traffic_minute", "search_outbox"}
 
 
 def test_events_has_a_column_for_every_contract_field_plus_ingestion():
@@ -170,7 +170,7 @@ def test_sessions_columns_and_types():
         "event_count": "INTEGER",
         "page_views": "INTEGER",
         "purchases": "INTEGER",
-        "revenue": "NUMERIC(12, 2)",
+        "revenue": "NUMERIC(18, 2)",
         "converted": "BOOLEAN",
         "bounced": "BOOLEAN",
         "entry_page": "VARCHAR(2048)",
@@ -203,7 +203,7 @@ def test_traffic_minute_columns_and_key():
         "page_views": "BIGINT",
         "add_to_carts": "BIGINT",
         "purchases": "BIGINT",
-        "revenue": "NUMERIC(14, 2)",
+        "revenue": "NUMERIC(20, 2)",
     }
     assert not any(column.nullable for column in traffic_minute_table.columns)
 

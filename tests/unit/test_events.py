@@ -629,3 +629,46 @@ def test_reason_codes_are_the_documented_ones() -> None:
         "too_large",
         "future_timestamp",
     }
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    ["0001-01-01T00:00:00+01:00", "0001-01-01T00:10:00Z", "1969-12-31T23:59:59Z"],
+)
+def test_timestamps_before_the_epoch_are_schema_errors_not_crashes(occurred_at: str) -> None:
+    assert_schema_error(with_(occurred_at=occurred_at), "occurred_at")
+
+
+def test_the_epoch_itself_is_accepted() -> None:
+    assert decode(with_(occurred_at="1970-01-01T00:00:00Z")).occurred_at == datetime(
+        1970, 1, 1, tzinfo=UTC
+    )
+
+
+def test_the_largest_timestamp_is_a_future_timestamp_not_a_crash() -> None:
+    assert rejection(with_(occurred_at="9999-12-31T23:59:59-05:00")).reason in (
+        "schema",
+        "future_timestamp",
+    )
+
+
+@pytest.mark.parametrize("country", ["XX", "UK", "EU"])
+def test_country_must_be_an_assigned_iso_code(country: str) -> None:
+    assert_schema_error(with_(country=country), "country")
+
+
+def test_assigned_country_codes_are_accepted() -> None:
+    for country in ("DE", "US", "GB", "AQ", "SS"):
+        assert decode(with_(country=country)).country == country
+
+
+@pytest.mark.parametrize("currency", ["XYZ", "EURO", "eur"])
+def test_currency_must_be_an_iso_4217_code(currency: str) -> None:
+    purchase = with_(event_type="purchase", order_id="o-1", revenue=1.5, currency=currency)
+    assert_schema_error(purchase, "currency")
+
+
+@pytest.mark.parametrize("url", ["http:// /", "https://", "https://exa mple.com/", "https://[::1/"])
+def test_urls_need_a_host(url: str) -> None:
+    assert_schema_error(with_(page_url=url), "page_url")
+    assert_schema_error(with_(referrer_url=url), "referrer_url")

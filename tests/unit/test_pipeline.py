@@ -71,6 +71,7 @@ class Index:
     sessions: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     reject: set[str] = field(default_factory=set)
     fail: bool = False
+    fail_sessions: bool = False
 
     def index_events(self, events: Sequence[Mapping[str, Any]]) -> list[Rejected]:
         if self.fail:
@@ -86,6 +87,8 @@ class Index:
     def upsert_sessions(
         self, sessions: Sequence[Mapping[str, Any]], deleted_session_ids: Sequence[str]
     ) -> list[Rejected]:
+        if self.fail or self.fail_sessions:
+            raise TransientError("search unavailable")
         for session_id in deleted_session_ids:
             self.sessions.pop(session_id, None)
         for doc in sessions:
@@ -205,3 +208,61 @@ def test_a_late_event_merges_sessions_in_sql_and_in_the_index(engine) -> None:
     assert len(index.sessions) == 1
     (session,) = index.sessions.values()
     assert session["event_count"] == 3
+
+
+def session_ids(engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(text("SELECT session_id FROM sessions")).scalars())
+
+
+def test_session_documents_come_only_from_committed_rows(engine) -> None:
+    # The first attempt fails after OpenSearch was reachable; its retry contains one more
+    # (earlier) event, so the session it would have had never exists in SQL. No document
+    # of it may linger in the index.
+    letters, index = Letters(fail=True), Index()
+    run = processor(engine, letters, index)
+    first_try = [Message(event(2, 10), 1), Message(event(3, 20), 2), Message(b"bad", 3)]
+    with pytest.raises(TransientError):
+        run.process(first_try)
+    assert index.sessions == {}
+    letters.fail = False
+    run.process([Message(event(1, 5), 0), *first_try])
+    assert set(index.sessions) == session_ids(engine)
+    (document,) = index.sessions.values()
+    assert document["event_count"] == 3
+
+
+def test_an_index_outage_after_the_commit_is_caught_up_by_the_retry(engine) -> None:
+    letters, index = Letters(), Index()
+    run = processor(engine, letters, index)
+    index.fail_sessions = True
+    batch = [Message(event(1, 0), 1), Message(event(2, 50), 2)]
+    with pytest.raises(TransientError):
+        run.process(batch)
+    assert count(engine, "events") == 2  # SQL committed
+    assert count(engine, "search_outbox") == 2  # the documents are still owed
+    index.fail_sessions = False
+    again = run.process(batch)  # the batch is redelivered because offsets were not committed
+    assert again.duplicates == 2
+    assert set(index.sessions) == session_ids(engine)
+    assert count(engine, "search_outbox") == 0
+
+
+def test_rows_the_database_refuses_are_dead_lettered_one_by_one(engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON events"
+                " WHEN NEW.user_id = 'poison' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        )
+    letters = Letters()
+    poison = event(9, 1, user_id="poison")
+    report = processor(engine, letters).process(
+        [Message(event(1, 0), 1), Message(poison, 2, b"poison"), Message(event(2, 2), 3)]
+    )
+    assert (report.stored, report.dead_lettered) == (2, 1)
+    (letter,) = letters.sent
+    assert (letter.reason, letter.value, letter.source_offset) == ("rejected_by_sink", poison, 2)
+    assert "refused" in letter.detail
+    assert count(engine, "events") == 2

@@ -1,0 +1,101 @@
+"""Property: whatever the arrival order, duplication and batching, the stored tables equal the
+session definition applied to the distinct events (SQLite; PostgreSQL in the integration tests).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from clickstream.db import make_engine
+from clickstream.db.migrate import upgrade
+from clickstream.db.models import sessions_table, traffic_minute_table
+from clickstream.events import ClickEvent
+from clickstream.sessions import SessionEvent, build_sessions
+from clickstream.store import PositionedEvent, SessionRules, session_row, write_batch
+from tests.support import random_events
+
+RULES = [
+    SessionRules(),
+    # a short maximum length makes the cap split runs often
+    SessionRules(max_length=SessionRules().gap * 1.5),
+]
+
+
+def _rows(url: str) -> tuple[list[dict], dict[str, int]]:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        sessions = [
+            {k: v for k, v in dict(r._mapping).items() if k != "updated_at"}
+            for r in conn.execute(select(sessions_table).order_by(sessions_table.c.session_id))
+        ]
+        totals = conn.execute(
+            select(traffic_minute_table.c.events, traffic_minute_table.c.purchases)
+        ).all()
+    engine.dispose()
+    return sessions, {"events": sum(t[0] for t in totals), "purchases": sum(t[1] for t in totals)}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_any_arrival_order_gives_the_definition(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    rules = RULES[seed % len(RULES)]
+    events = random_events(100 + seed, users=12, per_user=25)
+    sent = events + rng.sample(events, len(events) // 4)
+    rng.shuffle(sent)
+    url = f"sqlite:///{tmp_path / 'order.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    decoded = [ClickEvent.model_validate_json(json.dumps(e)) for e in sent]
+    position = 0
+    while position < len(decoded):
+        size = rng.choice([1, 2, 3, 7, 40])
+        batch = decoded[position : position + size]
+        with engine.begin() as conn:
+            write_batch(
+                conn,
+                events=[PositionedEvent(e, 0, position + i) for i, e in enumerate(batch)],
+                rules=rules,
+            )
+        position += size
+    engine.dispose()
+    sessions, totals = _rows(url)
+    want = _definition(decoded, rules)
+    assert [{k: row[k] for k in want[0]} for row in sessions] == want
+    assert totals["events"] == len({e["event_id"] for e in events})
+
+
+def _definition(decoded: list[ClickEvent], rules: SessionRules) -> list[dict]:
+    """The pure session function over the distinct events (first copy of an id wins)."""
+    first: dict[str, ClickEvent] = {}
+    for event in decoded:
+        first.setdefault(event.event_id, event)
+    by_user: dict[str, list[SessionEvent]] = {}
+    for e in first.values():
+        by_user.setdefault(e.user_id, []).append(
+            SessionEvent(
+                e.event_id,
+                e.occurred_at,
+                str(e.event_type),
+                e.page_url,
+                str(e.page_type),
+                e.referrer_url,
+                e.utm_source,
+                str(e.device_type),
+                e.os,
+                e.browser,
+                e.country,
+                e.city,
+                e.revenue,
+            )
+        )
+    rows = [
+        session_row(s)
+        for user, mine in by_user.items()
+        for s in build_sessions(user, mine, gap=rules.gap, max_length=rules.max_length)
+    ]
+    return sorted(rows, key=lambda r: r["session_id"])
