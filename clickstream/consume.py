@@ -44,7 +44,8 @@ class ConsumerOptions:
     """How the loop behaves (as opposed to where it connects, which is :class:`Settings`)."""
 
     batch_size: int = 2000
-    poll_timeout: float = 1.0
+    poll_timeout: float = 0.25
+    search_sync_interval: float = 2.0
     exit_when_idle: float | None = None
     progress_interval: float = 10.0
     opensearch: bool = True
@@ -135,20 +136,24 @@ class _Progress:
             self.total.duplicates,
             self.total.dead_lettered,
             rate,
-            _lag(consumer),
+            _lag(consumer, cached=True),
         )
         self._last, self._last_consumed = now, self.total.consumed
 
 
-def _lag(consumer: Consumer) -> int | None:
-    """Messages between the consumer's positions and the high watermarks of its partitions."""
+def _lag(consumer: Consumer, *, cached: bool = False) -> int | None:
+    """Messages between the consumer's positions and the high watermarks of its partitions.
+
+    ``cached`` uses the high watermarks of the last fetch responses (free, good enough for a
+    progress line); otherwise the brokers are asked, which waits behind an in-flight fetch.
+    """
     try:
         assignment = consumer.assignment()
         if not assignment:
             return None
         total = 0
         for position in consumer.position(assignment):
-            _low, high = consumer.get_watermark_offsets(position, timeout=5, cached=False)
+            _low, high = consumer.get_watermark_offsets(position, timeout=5, cached=cached)
             offset = position.offset
             if offset < 0:  # no position yet: fall back to the committed offset
                 committed = consumer.committed([position], timeout=5)[0].offset
@@ -265,6 +270,7 @@ def _loop(
     stop: threading.Event,
 ) -> None:
     last_message = time.monotonic()
+    last_sync = 0.0
     failures = 0
     while not stop.is_set():
         messages = consumer.consume(options.batch_size, options.poll_timeout)
@@ -293,10 +299,16 @@ def _loop(
         _commit(consumer, batch)
         progress.total.add(report)
         progress.maybe_log(consumer)
+        if time.monotonic() - last_sync >= options.search_sync_interval:
+            # Session documents follow the committed rows through the durable outbox, so
+            # they need not hold up the offsets; syncing every few seconds writes each
+            # active session's latest state once instead of once per batch.
+            _sync_when_idle(processor)
+            last_sync = time.monotonic()
 
 
 def _sync_when_idle(processor: BatchProcessor) -> bool:
-    """Drain session documents left queued by a crash or an outage; False if that failed."""
+    """Drain the search outbox (session documents); False if OpenSearch is unavailable."""
     try:
         processor.sync_search()
     except TransientError as exc:

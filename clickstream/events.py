@@ -10,6 +10,7 @@ model by ``python -m clickstream.events --schema`` and a test fails when the two
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -183,10 +184,13 @@ def _iso_currency(value: str) -> str:
     return value
 
 
+# Clickstreams repeat the same few thousand URLs: remember the ones that passed.
+@functools.lru_cache(maxsize=65536)
 def _page_url(value: str) -> str:
     return _absolute_url(value, schemes=("http", "https"))
 
 
+@functools.lru_cache(maxsize=65536)
 def _referrer_url(value: str) -> str:
     return _absolute_url(value, schemes=None)
 

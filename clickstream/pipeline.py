@@ -8,14 +8,15 @@ The order of effects makes redelivery harmless (exactly-once *effect*):
 3. index the *new* events into OpenSearch (``_id`` = ``event_id``, create-only);
 4. send dead letters (including events OpenSearch rejected) and wait for Kafka's ack;
 5. commit the SQL transaction;
-6. drain the outbox: each queued session's document is made equal to its committed row;
-7. the caller commits the Kafka offsets.
+6. the caller commits the Kafka offsets;
+7. every few seconds (and when idle) the caller drains the outbox: each queued session's
+   document is made equal to its committed row, the latest state once per interval.
 
 A failure before 5 rolls everything back in SQL and the batch is retried; an event indexed by
 the failed attempt is the same event the retry stores (the same first copy of its partition),
-and session documents only ever come from committed rows. A failure in 6 leaves the ids
-queued: the batch is retried (SQL sees duplicates) and the drain runs again. A crash between 5
-and 7 redelivers the batch: SQL reports every event as a duplicate and nothing changes.
+and session documents only ever come from committed rows. A failed drain leaves the ids
+queued for the next one. A crash between 5 and 6 redelivers the batch: SQL reports every event
+as a duplicate and nothing changes.
 Dead letters are delivered at least once; their ``source_*`` headers identify them uniquely.
 """
 
@@ -193,7 +194,6 @@ class BatchProcessor:
             # A value the database refuses although it passed validation: isolate the culprits.
             _log.warning("the database refused a batch (%s); storing events one by one", exc.orig)
             outcome = self._commit_one_by_one(valid, letters, sources)
-        self.sync_search()
         report = BatchReport(
             consumed=len(messages),
             stored=len(outcome.new_events),
@@ -250,7 +250,8 @@ class BatchProcessor:
     def sync_search(self) -> int:
         """Bring OpenSearch's session documents in line with committed SQL state.
 
-        Called after every batch and when the consumer is idle (leftovers of a crash).
+        The consumer calls it every few seconds and when idle; the outbox is durable, so
+        whatever one consumer leaves queued (a crash, an outage) any consumer drains later.
 
         Raises:
             TransientError: OpenSearch or the database is unavailable; call again later.

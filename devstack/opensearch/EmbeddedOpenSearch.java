@@ -45,6 +45,9 @@ public final class EmbeddedOpenSearch extends Node {
             .put("transport.port", args[2])
             // A development disk may be nearly full; never turn indices read-only because of it.
             .put("cluster.routing.allocation.disk.threshold_enabled", false)
+            // A 512 MB heap under bulk load holds much garbage between collections; the
+            // real-memory parent breaker would refuse requests (429) that would succeed.
+            .put("indices.breaker.total.use_real_memory", false)
             .build();
         Environment environment =
             InternalSettingsPreparer.prepareEnvironment(settings, Map.of(), null, () -> "devstack");

@@ -142,7 +142,8 @@ def test_valid_events_are_stored_and_invalid_ones_dead_lettered(engine) -> None:
         Message(event(2, 5), 12),
         Message(event(3, 7, country="de"), 13),
     ]
-    report = processor(engine, letters, index).process(batch)
+    run = processor(engine, letters, index)
+    report = run.process(batch)
     assert (report.consumed, report.stored, report.duplicates, report.dead_lettered) == (4, 2, 0, 2)
     assert report.reasons == {"not_json": 1, "schema": 1}
     assert count(engine, "events") == 2
@@ -153,6 +154,8 @@ def test_valid_events_are_stored_and_invalid_ones_dead_lettered(engine) -> None:
     assert dict(first.headers())["source_topic"] == b"events"
     assert "country" in letters.sent[1].detail
     assert len(index.events) == 2
+    assert index.sessions == {}  # session documents follow through the outbox
+    assert run.sync_search() == 1
     assert len(index.sessions) == 1
 
 
@@ -201,9 +204,11 @@ def test_a_late_event_merges_sessions_in_sql_and_in_the_index(engine) -> None:
     run = processor(engine, letters, index)
     run.process([Message(event(1, 0), 1)])
     run.process([Message(event(3, 59), 2)])  # 59 minutes later: a second session
+    run.sync_search()
     assert count(engine, "sessions") == 2
     assert len(index.sessions) == 2
     run.process([Message(event(2, 30), 3)])  # bridges both: one session
+    run.sync_search()
     assert count(engine, "sessions") == 1
     assert len(index.sessions) == 1
     (session,) = index.sessions.values()
@@ -227,23 +232,25 @@ def test_session_documents_come_only_from_committed_rows(engine) -> None:
     assert index.sessions == {}
     letters.fail = False
     run.process([Message(event(1, 5), 0), *first_try])
+    run.sync_search()
     assert set(index.sessions) == session_ids(engine)
     (document,) = index.sessions.values()
     assert document["event_count"] == 3
 
 
-def test_an_index_outage_after_the_commit_is_caught_up_by_the_retry(engine) -> None:
+def test_session_documents_owed_during_an_outage_are_drained_later(engine) -> None:
     letters, index = Letters(), Index()
     run = processor(engine, letters, index)
     index.fail_sessions = True
     batch = [Message(event(1, 0), 1), Message(event(2, 50), 2)]
-    with pytest.raises(TransientError):
-        run.process(batch)
+    run.process(batch)
     assert count(engine, "events") == 2  # SQL committed
-    assert count(engine, "search_outbox") == 2  # the documents are still owed
+    assert count(engine, "search_outbox") == 2  # the documents are owed
+    with pytest.raises(TransientError):
+        run.sync_search()
+    assert count(engine, "search_outbox") == 2  # still owed after a failed drain
     index.fail_sessions = False
-    again = run.process(batch)  # the batch is redelivered because offsets were not committed
-    assert again.duplicates == 2
+    assert run.sync_search() == 2
     assert set(index.sessions) == session_ids(engine)
     assert count(engine, "search_outbox") == 0
 
