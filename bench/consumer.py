@@ -1,0 +1,1286 @@
+"""Consumer throughput, latency and memory, against baselines measured in the same run.
+
+Run ``python -m bench.consumer`` with the local stack up (``python -m devstack up``). Every
+scenario uses its own topic, consumer group, PostgreSQL database and OpenSearch prefix, all
+removed afterwards. The default run measures, on the same pre-produced simulated events:
+
+1. the pipeline (:func:`clickstream.consume.run`) into PostgreSQL alone;
+2. the pipeline into PostgreSQL and OpenSearch;
+3. baseline (a), a naive consumer as tutorials write it: per message decode and validate,
+   INSERT and COMMIT, index one document, commit the offset synchronously (on fewer events);
+4. baseline (b), each sink's raw bulk-write ceiling for the same rows: one PostgreSQL ``COPY``
+   into ``events`` and OpenSearch ``helpers.bulk`` of the same documents.
+
+Pipeline clock: from the moment the consumer is assigned its partitions (the events are already
+waiting in the topic) to the moment a watcher sees the group's committed offsets reach the
+number of events, i.e. after the last batch was committed in every sink *and* in Kafka. Start-up
+(schema check, OpenSearch setup, group join) and the shutdown are outside the clock.
+
+``--latency`` offers a steady rate to a consumer started as its own process
+(``python -m clickstream.consume``) and measures, per event, the time from the producer's
+``produce()`` call to the commit of the PostgreSQL transaction that stored it (a statement
+trigger in the benchmark's own database sends ``NOTIFY`` with the batch's Kafka offsets, and
+PostgreSQL delivers a notification only when that transaction commits). ``--soak-minutes``
+runs the consumer process under a steady load and samples its resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import logging
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from itertools import islice
+from types import FrameType
+from typing import Any, Final
+
+import psycopg
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from opensearchpy import OpenSearch
+from opensearchpy.helpers import bulk
+from psycopg import sql
+from sqlalchemy import insert
+
+from bench._common import (
+    Topics,
+    fresh_database,
+    fresh_topics,
+    libpq_url,
+    load_average,
+    machine,
+    opensearch_prefix,
+    percentile,
+    rss_mib,
+    slope_per_minute,
+    unique,
+)
+from clickstream.consume import ConsumerOptions, run
+from clickstream.db import make_engine
+from clickstream.db.models import events_table
+from clickstream.events import ClickEvent, decode_event
+from clickstream.kafka import librdkafka_logger
+from clickstream.pipeline import BatchReport
+from clickstream.producer import producer_config
+from clickstream.search import ensure_search_setup, make_client
+from clickstream.search.documents import event_document
+from clickstream.search.indices import events_index, events_index_pattern, sessions_alias
+from clickstream.settings import Settings, load_settings
+from clickstream.simulator import SimulatorConfig, TrafficSimulator
+
+_log = logging.getLogger("bench.consumer")
+
+DEFAULT_POSTGRES: Final = "postgresql+psycopg://clickstream:clickstream@127.0.0.1:15432/clickstream"
+DENSITY: Final = 1000.0
+"""Events per second of *event time* in the pre-produced workload (a busy shop)."""
+FUTURE_TOLERANCE: Final = timedelta(minutes=5)
+WATCH_INTERVAL: Final = 0.01
+"""Seconds between two reads of the group's committed offsets (the clock's resolution)."""
+PIPELINE_GOAL: Final = 50.0
+CEILING_GOAL: Final = 0.70
+LATENCY_GOAL_P99: Final = 2.0
+NOTIFY_CHANNEL: Final = "bench_commit"
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    """Where the local services listen."""
+
+    bootstrap: str
+    postgres_admin_url: str
+    opensearch_url: str
+
+
+@dataclass(slots=True)
+class Figure:
+    """One measured rate, with the load of the machine when it was taken."""
+
+    name: str
+    count: int
+    seconds: float
+    load_1m: float
+
+    @property
+    def rate(self) -> float:
+        """Items per second."""
+        return self.count / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass(slots=True)
+class PipelineFigure(Figure):
+    """A pipeline run: the rate from assignment, and the steady rate between commits."""
+
+    steady_count: int = 0
+    steady_seconds: float = 0.0
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steady_rate(self) -> float:
+        """Events per second from the first to the last commit (excludes the first batch)."""
+        return self.steady_count / self.steady_seconds if self.steady_seconds > 0 else 0.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- workload -------------------------------------------------------------------------------
+
+
+def _workload(count: int, seed: int) -> list[tuple[bytes, bytes]]:
+    """``count`` simulated events ``(key, value)``, spread over the recent past at DENSITY/s."""
+    start = _now() - timedelta(seconds=count / DENSITY)
+    simulator = TrafficSimulator(
+        SimulatorConfig(events_per_second=DENSITY),
+        seed=seed,
+        clock=_now,
+        start=start,
+        clamp_to_clock=True,
+    )
+    return [(event.visitor.key, event.to_json()) for event in islice(simulator, count)]
+
+
+def _position(message: Message) -> tuple[int, int]:
+    return (message.partition() or 0, message.offset() or 0)
+
+
+def _produce(
+    settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]
+) -> list[tuple[int, int]]:
+    """Send ``messages`` with the product's producer configuration; wait for every ack.
+
+    Returns the ``(partition, offset)`` of each message, in order.
+    """
+    positions: list[tuple[int, int]] = [(-1, -1)] * len(messages)
+    failures: list[str] = []
+
+    def delivered(index: int, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            failures.append(error.str())
+        else:
+            positions[index] = _position(message)
+
+    producer = Producer({**producer_config(settings), "logger": librdkafka_logger()})
+    for index, (key, value) in enumerate(messages):
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=partial(delivered, index))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    if producer.flush(120) or failures:
+        msg = f"pre-produce failed: {failures[:3] or 'not acknowledged in time'}"
+        raise RuntimeError(msg)
+    return positions
+
+
+def _settings(stack: Stack, topics: Topics, database_url: str, prefix: str | None) -> Settings:
+    return load_settings(
+        role="consumer",
+        environ={},
+        overrides={
+            "kafka_bootstrap_servers": stack.bootstrap,
+            "topic": topics.events,
+            "dlq_topic": topics.dlq,
+            "consumer_group": unique("bench-group-"),
+            "database_url": database_url,
+            "opensearch_url": stack.opensearch_url if prefix else "",
+            "opensearch_index_prefix": prefix or "clickstream",
+        },
+    )
+
+
+# -- the pipeline, in this process ----------------------------------------------------------
+
+
+class _AssignmentClock(logging.Handler):
+    """Notes when the consumer logs its partition assignment (``assigned ...``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.assigned_at: float | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.assigned_at is None and record.getMessage().startswith("assigned "):
+            self.assigned_at = time.perf_counter()
+
+
+class _CommitWatcher:
+    """Reads a group's committed offsets, as a separate client that does not join the group."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, partitions: int) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "logger": librdkafka_logger(),
+            }
+        )
+        self._partitions = [TopicPartition(topic, p) for p in range(partitions)]
+
+    def offsets(self) -> list[int]:
+        """The committed offset of each partition (0 while none is committed)."""
+        return [max(tp.offset, 0) for tp in self._consumer.committed(self._partitions, timeout=10)]
+
+    def committed(self) -> int:
+        """Messages committed so far (sum of the committed offsets)."""
+        return sum(self.offsets())
+
+    def close(self) -> None:
+        """Leave no connection behind."""
+        self._consumer.close()
+
+
+def _pipeline(
+    name: str,
+    settings: Settings,
+    *,
+    count: int,
+    partitions: int,
+    batch_size: int,
+    opensearch: bool,
+    profile: cProfile.Profile | None = None,
+) -> PipelineFigure:
+    """Run the consumer in a thread until the group committed ``count`` messages; time it."""
+    options = ConsumerOptions(batch_size=batch_size, opensearch=opensearch)
+    stop = threading.Event()
+    outcome: list[BatchReport] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            if profile is not None:
+                profile.enable()
+            try:
+                outcome.append(run(settings, options, stop=stop))
+            finally:
+                if profile is not None:
+                    profile.disable()
+        except BaseException as exc:  # handed to the main thread
+            errors.append(exc)
+
+    clock = _AssignmentClock()
+    consume_log = logging.getLogger("clickstream.consume")
+    level = consume_log.level
+    consume_log.setLevel(logging.INFO)
+    consume_log.addHandler(clock)
+    watcher = _CommitWatcher(
+        settings.kafka_bootstrap_servers, settings.consumer_group, settings.topic, partitions
+    )
+    load = load_average()[0]
+    thread = threading.Thread(target=work, name="consumer")
+    thread.start()
+    first: tuple[float, int] | None = None
+    try:
+        while True:
+            committed = watcher.committed()
+            seen = time.perf_counter()
+            if committed and first is None:
+                first = (seen, committed)
+            if committed >= count:
+                break
+            if not thread.is_alive():
+                msg = f"the consumer stopped after {committed} of {count} messages: {errors}"
+                raise RuntimeError(msg)
+            time.sleep(WATCH_INTERVAL)
+        if opensearch:
+            # Session documents follow the committed rows through the outbox: the run is
+            # done when the outbox is empty too (it only shrinks once every batch committed).
+            with psycopg.connect(
+                libpq_url(settings.database_url.get_secret_value()), autocommit=True
+            ) as conn:
+                while _outbox_size(conn):
+                    if not thread.is_alive():
+                        msg = f"the consumer stopped before draining the outbox: {errors}"
+                        raise RuntimeError(msg)
+                    time.sleep(WATCH_INTERVAL)
+                    seen = time.perf_counter()
+    finally:
+        stop.set()
+        thread.join(timeout=300)
+        watcher.close()
+        consume_log.removeHandler(clock)
+        consume_log.setLevel(level)
+    if errors:
+        raise errors[0]
+    if clock.assigned_at is None or first is None:
+        msg = "the consumer never logged its assignment ('assigned ...')"
+        raise RuntimeError(msg)
+    report = outcome[0]
+    if (report.consumed, report.stored, report.dead_lettered) != (count, count, 0):
+        msg = f"expected {count} consumed and stored, none dead-lettered; got {report}"
+        raise RuntimeError(msg)
+    return PipelineFigure(
+        name=name,
+        count=count,
+        seconds=seen - clock.assigned_at,
+        load_1m=load,
+        steady_count=count - first[1],
+        steady_seconds=seen - first[0],
+        report=asdict(report),
+    )
+
+
+def _outbox_size(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM search_outbox").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _count_rows(database_url: str, table: str = "events") -> int:
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _count_documents(client: OpenSearch, index: str) -> int:
+    client.indices.refresh(index=index)
+    return int(client.count(index=index)["count"])
+
+
+# -- baseline (a): the naive consumer -------------------------------------------------------
+
+
+def _event_row(event: ClickEvent, partition: int, offset: int) -> dict[str, Any]:
+    """The ``events`` row of an event, as the SQL sink stores it."""
+    row = event.model_dump()
+    for name in ("event_type", "page_type", "device_type"):
+        row[name] = str(row[name])
+    row["kafka_partition"] = partition
+    row["kafka_offset"] = offset
+    return row
+
+
+def _naive(
+    settings: Settings, *, count: int, client: OpenSearch | None, prefix: str | None
+) -> Figure:
+    """Per message: decode + validate, INSERT + COMMIT, index one document, commit the offset.
+
+    The tutorial shape, kept honest: it writes only the ``events`` row (no ``traffic_minute``,
+    no sessions), so it does less work than the pipeline per event.
+    """
+    engine = make_engine(settings.database_url.get_secret_value(), application_name="naive")
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": settings.consumer_group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "logger": librdkafka_logger(),
+        }
+    )
+    consumer.subscribe([settings.topic])
+    load = load_average()[0]
+    done = 0
+    started = 0.0
+    # One connection for the whole run (no pool checkout or ping per message): the fastest
+    # form of the naive loop, so the ratio against it is not flattered.
+    with engine.connect() as conn:
+        try:
+            while done < count:
+                message = consumer.poll(1.0)
+                if message is None or message.error() is not None:
+                    continue
+                if not done:
+                    started = time.perf_counter()
+                raw = message.value()
+                event = decode_event(raw, now=_now(), future_tolerance=FUTURE_TOLERANCE)
+                conn.execute(insert(events_table), _event_row(event, *_position(message)))
+                conn.commit()
+                if client is not None and prefix is not None:
+                    event_id, occurred_at, document = event_document(event.model_dump(mode="json"))
+                    client.index(
+                        index=events_index(prefix, occurred_at),
+                        id=event_id,
+                        body=document,
+                        op_type="create",
+                    )
+                consumer.commit(message=message, asynchronous=False)
+                done += 1
+            seconds = time.perf_counter() - started
+        finally:
+            consumer.close()
+    engine.dispose()
+    sinks = "PostgreSQL + OpenSearch" if client is not None else "PostgreSQL"
+    return Figure(f"naive, per message ({sinks})", count, seconds, load)
+
+
+# -- baseline (b): the sinks' bulk ceilings -------------------------------------------------
+
+
+def _copy_ceiling(database_url: str, rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """One ``COPY events FROM STDIN`` of every row, then COMMIT."""
+    columns = list(rows[0])
+    names = ", ".join(f'"{c}"' for c in columns)
+    load = load_average()[0]
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        started = time.perf_counter()
+        with conn.cursor() as cursor, cursor.copy(f"COPY events ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
+        conn.commit()
+        seconds = time.perf_counter() - started
+    return Figure("ceiling: PostgreSQL COPY into events", len(rows), seconds, load)
+
+
+def _bulk_ceiling(client: OpenSearch, prefix: str, events: Sequence[ClickEvent]) -> Figure:
+    """``helpers.bulk`` (default 500 per request) of the documents the sink would write."""
+    actions = []
+    for event in events:
+        event_id, occurred_at, document = event_document(event.model_dump(mode="json"))
+        actions.append(
+            {
+                "_op_type": "create",
+                "_index": events_index(prefix, occurred_at),
+                "_id": event_id,
+                "_source": document,
+            }
+        )
+    load = load_average()[0]
+    started = time.perf_counter()
+    ok, _errors = bulk(client, actions)
+    seconds = time.perf_counter() - started
+    if ok != len(actions):
+        msg = f"bulk indexed {ok} of {len(actions)} documents"
+        raise RuntimeError(msg)
+    return Figure("ceiling: OpenSearch helpers.bulk", len(actions), seconds, load)
+
+
+# -- the consumer as its own process (latency, soak) ----------------------------------------
+
+
+class _ConsumerProcess:
+    """``python -m clickstream.consume`` with the benchmark's settings in its environment."""
+
+    def __init__(self, settings: Settings, *, batch_size: int, opensearch: bool) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CLICKSTREAM_")}
+        env |= {
+            "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "CLICKSTREAM_TOPIC": settings.topic,
+            "CLICKSTREAM_DLQ_TOPIC": settings.dlq_topic,
+            "CLICKSTREAM_CONSUMER_GROUP": settings.consumer_group,
+            "CLICKSTREAM_DATABASE_URL": settings.database_url.get_secret_value(),
+            "CLICKSTREAM_OPENSEARCH_URL": settings.opensearch_url.get_secret_value(),
+            "CLICKSTREAM_OPENSEARCH_INDEX_PREFIX": settings.opensearch_index_prefix,
+        }
+        command = [sys.executable, "-m", "clickstream.consume", "--batch-size", str(batch_size)]
+        if not opensearch:
+            command.append("--no-opensearch")
+        self.assigned = threading.Event()
+        self.log: deque[str] = deque(maxlen=200)
+        self._process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, name="consumer-log", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        """The consumer's process id."""
+        return self._process.pid
+
+    def _read(self) -> None:
+        stream = self._process.stderr
+        if stream is None:  # pragma: no cover - stderr is a pipe
+            return
+        for line in stream:
+            self.log.append(line.rstrip())
+            if " assigned " in line:
+                self.assigned.set()
+
+    def wait_assigned(self, timeout: float) -> None:
+        """Block until the consumer owns partitions (or raise with its log)."""
+        if not self.assigned.wait(timeout):
+            self.stop()
+            msg = "the consumer process got no partitions:\n" + "\n".join(self.log)
+            raise RuntimeError(msg)
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self._process.poll() is None
+
+    def stop(self) -> str:
+        """SIGTERM (finish the batch, commit, exit); return its stdout summary."""
+        if self.alive():
+            self._process.send_signal(signal.SIGTERM)
+        try:
+            out, _ = self._process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            out, _ = self._process.communicate()
+        self._reader.join(timeout=10)
+        return out.strip()
+
+
+class _PacedProducer:
+    """Produces simulated events at a steady rate; optionally notes when each was sent."""
+
+    def __init__(
+        self, settings: Settings, topic: str, *, rate: float, record: bool, seed: int
+    ) -> None:
+        self.sent: dict[tuple[int, int], float] = {}
+        self.delivered = 0
+        self.produced = 0
+        self.failures: list[str] = []
+        self.seconds = 0.0
+        self._record = record
+        self._rate = rate
+        self._topic = topic
+        self._producer = Producer({**producer_config(settings), "logger": librdkafka_logger()})
+        self._events = iter(
+            TrafficSimulator(
+                SimulatorConfig(events_per_second=rate),
+                seed=seed,
+                clock=_now,
+                clamp_to_clock=True,
+            )
+        )
+        self.stop = threading.Event()
+
+    def _on_delivery(self, sent_at: float, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self.failures.append(error.str())
+            return
+        self.delivered += 1
+        if self._record:
+            self.sent[_position(message)] = sent_at
+
+    def run(self, seconds: float) -> None:
+        """Offer ``rate`` events/s for ``seconds`` (or until :attr:`stop`), then flush."""
+        produce, poll, topic = self._producer.produce, self._producer.poll, self._topic
+        total = int(self._rate * seconds)
+        started = time.perf_counter()
+        while self.produced < total and not self.stop.is_set():
+            due = min(total, int((time.perf_counter() - started) * self._rate) + 1)
+            while self.produced < due:
+                event = next(self._events)
+                sent_at = time.time()
+                produce(
+                    topic,
+                    event.to_json(),
+                    event.visitor.key,
+                    on_delivery=partial(self._on_delivery, sent_at),
+                )
+                self.produced += 1
+            poll(0)
+            delay = started + self.produced / self._rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(max(delay, 0.002))
+        self.seconds = time.perf_counter() - started
+        self._producer.flush(60)
+
+
+_NOTIFIER_SQL: Final = f"""
+CREATE FUNCTION bench_notify_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('{NOTIFY_CHANNEL}', (
+    SELECT coalesce(json_agg(json_build_array(p, lo, hi, n)), '[]')::text
+    FROM (SELECT kafka_partition AS p, min(kafka_offset) AS lo, max(kafka_offset) AS hi,
+                 count(*) AS n
+          FROM new_rows GROUP BY kafka_partition) AS ranges));
+  RETURN NULL;
+END $$;
+CREATE TRIGGER bench_notify_commit AFTER INSERT ON events
+  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION bench_notify_commit();
+"""
+
+
+class _CommitListener:
+    """Receives the trigger's notifications; PostgreSQL delivers each one at its COMMIT."""
+
+    def __init__(self, database_url: str) -> None:
+        self.batches: list[tuple[float, list[tuple[int, int, int, int]]]] = []
+        self.rows = 0
+        self._stop = threading.Event()
+        self._conn = psycopg.connect(libpq_url(database_url), autocommit=True)
+        self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        self._thread = threading.Thread(target=self._listen, name="commit-listener", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            for notify in self._conn.notifies(timeout=0.5):
+                received = time.time()
+                ranges = [tuple(item) for item in json.loads(notify.payload)]
+                self.batches.append((received, ranges))
+                self.rows += sum(int(item[3]) for item in ranges)
+
+    def close(self) -> None:
+        """Stop listening and close the connection."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._conn.close()
+
+
+class _OffsetTimeline:
+    """Notes when the group's committed offset of each partition moves (every 20 ms)."""
+
+    def __init__(self, watcher: _CommitWatcher) -> None:
+        self.moves: list[tuple[float, int, int]] = []
+        self.committed = 0
+        """Messages committed at the last sample."""
+        self._watcher = watcher
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="offset-timeline", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        last: list[int] | None = None
+        while not self._stop.wait(0.02):
+            offsets = self._watcher.offsets()
+            seen = time.time()
+            for partition, offset in enumerate(offsets):
+                if last is None or offset != last[partition]:
+                    self.moves.append((seen, partition, offset))
+            last = offsets
+            self.committed = sum(offsets)
+
+    def close(self) -> None:
+        """Stop watching and close the watcher's client."""
+        self._stop.set()
+        self._thread.join(timeout=15)
+        self._watcher.close()
+
+    def done_at(self) -> dict[tuple[int, int], float]:
+        """For every committed ``(partition, offset)``: when the commit was first seen."""
+        done: dict[tuple[int, int], float] = {}
+        below: dict[int, int] = {}
+        for seen, partition, offset in self.moves:
+            for position in range(below.get(partition, 0), offset):
+                done[(partition, position)] = seen
+            below[partition] = max(below.get(partition, 0), offset)
+        return done
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    """Percentiles of a set of latencies, in seconds."""
+
+    count: int
+    p50: float
+    p95: float
+    p99: float
+    max: float
+    mean: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        """The spread of non-empty ``values``."""
+        return cls(
+            count=len(values),
+            p50=percentile(values, 0.50),
+            p95=percentile(values, 0.95),
+            p99=percentile(values, 0.99),
+            max=max(values),
+            mean=sum(values) / len(values),
+        )
+
+
+@dataclass(slots=True)
+class LatencyFigure:
+    """Latencies of every event offered at a steady rate, from its ``produce()`` call.
+
+    ``to_postgres``: to the COMMIT of the SQL transaction that stored it (the goal's measure).
+    ``to_offsets``: to the moment the group's committed offset covered it, i.e. after every sink
+    (including the OpenSearch session documents) was done; sampled every 20 ms.
+    """
+
+    offered_rate: float
+    seconds: float
+    produced: int
+    drain_seconds: float
+    to_postgres: Spread
+    to_offsets: Spread
+    load_1m: float
+    consumer_summary: str
+
+
+def _latency(
+    stack: Stack,
+    client: OpenSearch | None,
+    *,
+    rate: float,
+    seconds: float,
+    batch_size: int,
+    partitions: int,
+) -> LatencyFigure:
+    with ExitStack() as resources:
+        topics = resources.enter_context(fresh_topics(stack.bootstrap, partitions=partitions))
+        url = resources.enter_context(fresh_database(stack.postgres_admin_url))
+        prefix = resources.enter_context(_maybe_prefix(client))
+        with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+            conn.execute(_NOTIFIER_SQL)
+        settings = _settings(stack, topics, url, prefix)
+        listener = _CommitListener(url)
+        resources.callback(listener.close)
+        timeline = _OffsetTimeline(
+            _CommitWatcher(stack.bootstrap, settings.consumer_group, topics.events, partitions)
+        )
+        resources.callback(timeline.close)
+        consumer = _ConsumerProcess(settings, batch_size=batch_size, opensearch=bool(prefix))
+        try:
+            consumer.wait_assigned(timeout=120)
+            load = load_average()[0]
+            producer = _PacedProducer(settings, topics.events, rate=rate, record=True, seed=5)
+            producer.run(seconds)
+            produced_at = time.perf_counter()
+            deadline = produced_at + 600
+            while time.perf_counter() < deadline and consumer.alive():
+                if min(listener.rows, timeline.committed) >= producer.delivered:
+                    break
+                time.sleep(0.05)
+            drain = time.perf_counter() - produced_at
+            time.sleep(0.1)  # one more sample of the offsets
+        finally:
+            summary = consumer.stop()
+        if listener.rows < producer.delivered:
+            msg = (
+                f"only {listener.rows} of {producer.delivered} events were committed; "
+                "consumer log:\n" + "\n".join(consumer.log)
+            )
+            raise RuntimeError(msg)
+    to_postgres: list[float] = []
+    for received, ranges in listener.batches:
+        for partition, low, high, _count in ranges:
+            for offset in range(low, high + 1):
+                sent_at = producer.sent.get((partition, offset))
+                if sent_at is not None:
+                    to_postgres.append(received - sent_at)
+    done = timeline.done_at()
+    to_offsets = [done[key] - sent_at for key, sent_at in producer.sent.items() if key in done]
+    return LatencyFigure(
+        offered_rate=producer.produced / producer.seconds,
+        seconds=producer.seconds,
+        produced=producer.delivered,
+        drain_seconds=drain,
+        to_postgres=Spread.of(to_postgres),
+        to_offsets=Spread.of(to_offsets),
+        load_1m=load,
+        consumer_summary=summary,
+    )
+
+
+@dataclass(slots=True)
+class SoakFigure:
+    """Resident memory of the consumer process under a steady load."""
+
+    minutes: float
+    rate: float
+    produced: int
+    samples: list[tuple[float, float]]
+    first: float
+    last: float
+    max: float
+    slope_all: float
+    slope_after_first_minute: float
+    max_lag: int
+    """Most messages produced but not yet committed at a sample (the consumer fell behind)."""
+    load_start: float
+    load_end: float
+    consumer_summary: str
+
+
+def _soak(
+    stack: Stack,
+    client: OpenSearch | None,
+    *,
+    minutes: float,
+    rate: float,
+    sample_seconds: float,
+    batch_size: int,
+    partitions: int,
+    progress: bool,
+) -> SoakFigure:
+    with ExitStack() as resources:
+        topics = resources.enter_context(fresh_topics(stack.bootstrap, partitions=partitions))
+        url = resources.enter_context(fresh_database(stack.postgres_admin_url))
+        prefix = resources.enter_context(_maybe_prefix(client))
+        settings = _settings(stack, topics, url, prefix)
+        consumer = _ConsumerProcess(settings, batch_size=batch_size, opensearch=bool(prefix))
+        producer = _PacedProducer(settings, topics.events, rate=rate, record=False, seed=9)
+        thread = threading.Thread(target=producer.run, args=(minutes * 60,), name="producer")
+        samples: list[tuple[float, float]] = []
+        lags: list[int] = []
+        load_start = load_average()[0]
+        watcher = _CommitWatcher(
+            stack.bootstrap, settings.consumer_group, topics.events, partitions
+        )
+        resources.callback(watcher.close)
+        try:
+            consumer.wait_assigned(timeout=120)
+            started = time.monotonic()
+            thread.start()
+            while thread.is_alive():
+                if not consumer.alive():
+                    msg = "the consumer died:\n" + "\n".join(consumer.log)
+                    raise RuntimeError(msg)
+                elapsed = time.monotonic() - started
+                samples.append((elapsed, rss_mib(consumer.pid)))
+                lags.append(max(producer.delivered - watcher.committed(), 0))
+                if progress:
+                    print(
+                        f"  soak {elapsed:6.0f}s  produced {producer.produced:>10,}  "
+                        f"lag {lags[-1]:>8,}  consumer RSS {samples[-1][1]:7.1f} MiB",
+                        file=sys.stderr,
+                    )
+                thread.join(timeout=sample_seconds)
+            deadline = time.monotonic() + 300
+            while watcher.committed() < producer.delivered and time.monotonic() < deadline:
+                time.sleep(0.2)
+            samples.append((time.monotonic() - started, rss_mib(consumer.pid)))
+        finally:
+            producer.stop.set()
+            summary = consumer.stop()
+    rss = [value for _, value in samples]
+    return SoakFigure(
+        minutes=minutes,
+        rate=rate,
+        produced=producer.delivered,
+        samples=samples,
+        first=rss[0],
+        last=rss[-1],
+        max=max(rss),
+        slope_all=slope_per_minute(samples),
+        slope_after_first_minute=slope_per_minute([s for s in samples if s[0] >= 60]),
+        max_lag=max(lags, default=0),
+        load_start=load_start,
+        load_end=load_average()[0],
+        consumer_summary=summary,
+    )
+
+
+def _maybe_prefix(client: OpenSearch | None) -> AbstractContextManager[str | None]:
+    if client is None:
+        return nullcontext(None)
+    return opensearch_prefix(client)
+
+
+# -- the throughput scenarios ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Throughput:
+    """Every figure of the throughput part, measured on the same events."""
+
+    pipeline_pg: PipelineFigure
+    pipeline_both: PipelineFigure | None
+    naive: Figure
+    copy_ceiling: Figure
+    bulk_ceiling: Figure | None
+    decode: Figure
+    """Not a baseline: what validation alone costs, a floor under any consumer in Python."""
+    hot_spots: str = ""
+
+
+def _throughput(stack: Stack, client: OpenSearch | None, args: argparse.Namespace) -> Throughput:
+    count, partitions, batch = args.events, args.partitions, args.batch_size
+    _log.info("simulating %d events", count)
+    messages = _workload(count, seed=args.seed)
+    base = Settings(kafka_bootstrap_servers=stack.bootstrap)
+    with fresh_topics(stack.bootstrap, partitions=partitions) as topics:
+        _log.info("producing %d events to %s", count, topics.events)
+        positions = _produce(base, topics.events, messages)
+
+        with fresh_database(stack.postgres_admin_url) as url:
+            _log.info("pipeline -> PostgreSQL")
+            pg = _pipeline(
+                "pipeline -> PostgreSQL",
+                _settings(stack, topics, url, None),
+                count=count,
+                partitions=partitions,
+                batch_size=batch,
+                opensearch=False,
+            )
+            _check(_count_rows(url), count, "rows in events")
+
+        both = None
+        if client is not None:
+            with fresh_database(stack.postgres_admin_url) as url, opensearch_prefix(client) as p:
+                _log.info("pipeline -> PostgreSQL + OpenSearch")
+                both = _pipeline(
+                    "pipeline -> PostgreSQL + OpenSearch",
+                    _settings(stack, topics, url, p),
+                    count=count,
+                    partitions=partitions,
+                    batch_size=batch,
+                    opensearch=True,
+                )
+                _check(_count_rows(url), count, "rows in events")
+                _check(_count_documents(client, events_index_pattern(p)), count, "event documents")
+                _check(
+                    _count_documents(client, sessions_alias(p)),
+                    _count_rows(url, "sessions"),
+                    "session documents (one per sessions row)",
+                )
+
+        naive_count = min(args.naive_events, count)
+        with fresh_database(stack.postgres_admin_url) as url, _maybe_prefix(client) as p:
+            settings = _settings(stack, topics, url, p)
+            if client is not None and p is not None:
+                ensure_search_setup(client, prefix=p)  # the same templates as the pipeline's
+            _log.info("naive consumer, %d events", naive_count)
+            naive = _naive(settings, count=naive_count, client=client, prefix=p)
+            _check(_count_rows(url), naive_count, "rows in events (naive)")
+
+        hot_spots = ""
+        if args.profile:
+            with fresh_database(stack.postgres_admin_url) as url, _maybe_prefix(client) as p:
+                _log.info("profiling the pipeline (not a measured figure)")
+                profile = cProfile.Profile()
+                _pipeline(
+                    "profiled",
+                    _settings(stack, topics, url, p),
+                    count=count,
+                    partitions=partitions,
+                    batch_size=batch,
+                    opensearch=p is not None,
+                    profile=profile,
+                )
+                profile.dump_stats(args.profile)
+                hot_spots = _hot_spots(profile)
+
+    _log.info("decoding %d events for the ceilings", count)
+    load = load_average()[0]
+    started = time.perf_counter()
+    now = _now()
+    events = [decode_event(v, now=now, future_tolerance=FUTURE_TOLERANCE) for _, v in messages]
+    decode = Figure("decode + validate only, no I/O", count, time.perf_counter() - started, load)
+    rows = [
+        _event_row(event, partition, offset)
+        for event, (partition, offset) in zip(events, positions, strict=True)
+    ]
+    with fresh_database(stack.postgres_admin_url) as url:
+        copy = _copy_ceiling(url, rows)
+        _check(_count_rows(url), count, "rows in events (COPY)")
+    bulk_figure = None
+    if client is not None:
+        with opensearch_prefix(client) as p:
+            ensure_search_setup(client, prefix=p)
+            bulk_figure = _bulk_ceiling(client, p, events)
+            _check(_count_documents(client, events_index_pattern(p)), count, "documents (bulk)")
+    return Throughput(pg, both, naive, copy, bulk_figure, decode, hot_spots)
+
+
+def _check(got: int, want: int, what: str) -> None:
+    if got != want:
+        msg = f"expected {want} {what}, found {got}"
+        raise RuntimeError(msg)
+
+
+def _hot_spots(profile: cProfile.Profile, top: int = 25) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def _verdict(value: float, goal: float) -> str:
+    return "met" if value >= goal else "MISSED"
+
+
+def _ratios(result: Throughput) -> list[tuple[str, float, str]]:
+    pg, both = result.pipeline_pg, result.pipeline_both
+    best = both if both is not None else pg
+    ratios = [
+        (
+            f"{best.name} / {result.naive.name}",
+            best.rate / result.naive.rate,
+            f"goal >= {PIPELINE_GOAL:g}x: {_verdict(best.rate / result.naive.rate, PIPELINE_GOAL)}",
+        ),
+        (
+            "pipeline -> PostgreSQL / PostgreSQL COPY ceiling",
+            pg.rate / result.copy_ceiling.rate,
+            f"goal >= {CEILING_GOAL:.0%}: "
+            f"{_verdict(pg.rate / result.copy_ceiling.rate, CEILING_GOAL)}",
+        ),
+    ]
+    if both is not None and result.bulk_ceiling is not None:
+        slower = min(result.copy_ceiling, result.bulk_ceiling, key=lambda f: f.rate)
+        ratio = both.rate / slower.rate
+        ratios.append(
+            (
+                f"{both.name} / slower sink's ceiling ({slower.name.split(': ')[1]})",
+                ratio,
+                f"goal >= {CEILING_GOAL:.0%}: {_verdict(ratio, CEILING_GOAL)}",
+            )
+        )
+    return ratios
+
+
+def _print_throughput(result: Throughput) -> None:
+    figures: list[Figure] = [result.pipeline_pg]
+    if result.pipeline_both is not None:
+        figures.append(result.pipeline_both)
+    figures.append(result.naive)
+    figures.append(result.copy_ceiling)
+    if result.bulk_ceiling is not None:
+        figures.append(result.bulk_ceiling)
+    figures.append(result.decode)
+    width = max(len(f.name) for f in figures)
+    print(f"\n{'scenario':<{width}}  {'events':>8}  {'seconds':>8}  {'events/s':>9}  load(1m)")
+    for figure in figures:
+        print(
+            f"{figure.name:<{width}}  {figure.count:>8,}  {figure.seconds:>8.2f}  "
+            f"{figure.rate:>9,.0f}  {figure.load_1m:>8.2f}"
+        )
+    for pipeline in (result.pipeline_pg, result.pipeline_both):
+        if pipeline is not None:
+            print(
+                f"  {pipeline.name}: steady rate, first to last commit: "
+                f"{pipeline.steady_rate:,.0f} events/s; sessions written "
+                f"{pipeline.report.get('sessions_written', 0):,}, slow-path visitors "
+                f"{pipeline.report.get('slow_path_users', 0):,}"
+            )
+    print()
+    for name, value, goal in _ratios(result):
+        shown = f"{value:,.1f}x" if value >= 2 else f"{value:.0%}"
+        print(f"{name}: {shown}  ({goal})")
+    if result.hot_spots:
+        print("\nhot spots of the consumer thread (cProfile, a separate unmeasured run):")
+        print(result.hot_spots)
+
+
+def _print_latency(figure: LatencyFigure) -> None:
+    print(
+        f"\nlatency, {figure.produced:,} events offered at {figure.offered_rate:,.0f}/s for "
+        f"{figure.seconds:.0f} s (load(1m) {figure.load_1m:.2f}); caught up "
+        f"{figure.drain_seconds:.1f} s after the last send"
+    )
+    for name, spread in (
+        ("produce() -> PostgreSQL COMMIT", figure.to_postgres),
+        ("produce() -> offsets committed", figure.to_offsets),
+    ):
+        print(
+            f"  {name}: p50 {spread.p50 * 1000:,.0f} ms  p95 {spread.p95 * 1000:,.0f} ms  "
+            f"p99 {spread.p99 * 1000:,.0f} ms  max {spread.max * 1000:,.0f} ms  "
+            f"({spread.count:,} events)"
+        )
+    verdict = "met" if figure.to_postgres.p99 < LATENCY_GOAL_P99 else "MISSED"
+    print(f"  goal p99 (to PostgreSQL COMMIT) < {LATENCY_GOAL_P99:g} s: {verdict}")
+    print(f"  consumer: {figure.consumer_summary}")
+
+
+def _print_soak(figure: SoakFigure) -> None:
+    print(
+        f"\nsoak, {figure.minutes:g} min at {figure.rate:,.0f} events/s "
+        f"({figure.produced:,} events), consumer process RSS every sample:"
+    )
+    print(
+        f"  first {figure.first:.1f} MiB, last {figure.last:.1f} MiB, max {figure.max:.1f} MiB; "
+        f"slope {figure.slope_all:+.2f} MiB/min overall, "
+        f"{figure.slope_after_first_minute:+.2f} MiB/min after the first minute"
+    )
+    print(
+        f"  highest lag at a sample {figure.max_lag:,} messages; load(1m) "
+        f"{figure.load_start:.2f} at the start, {figure.load_end:.2f} at the end"
+    )
+    print(f"  consumer: {figure.consumer_summary}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Figure):
+        return {**asdict(value), "rate": value.rate} | (
+            {"steady_rate": value.steady_rate} if isinstance(value, PipelineFigure) else {}
+        )
+    if isinstance(value, Throughput):
+        out = {k: _jsonable(getattr(value, k)) for k in value.__slots__}
+        out["ratios"] = [{"name": n, "value": v, "goal": g} for n, v, g in _ratios(value)]
+        return out
+    if isinstance(value, LatencyFigure | SoakFigure):
+        return asdict(value)
+    return value
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.consumer",
+        description=(
+            "Consumer events/s into PostgreSQL and into PostgreSQL + OpenSearch, against a naive "
+            "per-message consumer and against each sink's bulk-write ceiling, all measured in the "
+            "same run on the same simulated events; optionally produce-to-commit latency at a "
+            "steady rate and the consumer's memory over a long run. Needs the local stack "
+            "(python -m devstack up); every run uses its own topics, databases and indices and "
+            "removes them afterwards."
+        ),
+        epilog=(
+            "examples:\n"
+            "  python -m bench.consumer\n"
+            "  python -m bench.consumer --events 20000 --naive-events 500 --no-opensearch\n"
+            "  python -m bench.consumer --latency --latency-rate 5000 --latency-seconds 60\n"
+            "  python -m bench.consumer --no-throughput --soak-minutes 10\n"
+            "  python -m bench.consumer --json > consumer-bench.json\n"
+            "  python -m bench.consumer --profile consumer.prof   # adds a cProfile'd run"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bootstrap-servers", default="127.0.0.1:19092", help="Kafka")
+    parser.add_argument(
+        "--postgres-admin-url",
+        default=DEFAULT_POSTGRES,
+        help="SQLAlchemy URL of a role that may CREATE DATABASE (default: the local stack's)",
+    )
+    parser.add_argument("--opensearch-url", default="http://127.0.0.1:19200", help="OpenSearch")
+    sinks = parser.add_mutually_exclusive_group()
+    sinks.add_argument(
+        "--with-opensearch",
+        dest="with_opensearch",
+        action="store_true",
+        default=True,
+        help="also measure the pipeline with OpenSearch, and OpenSearch's ceiling (default)",
+    )
+    sinks.add_argument(
+        "--no-opensearch",
+        dest="with_opensearch",
+        action="store_false",
+        help="PostgreSQL only (the latency and soak consumers too)",
+    )
+    parser.add_argument(
+        "--events", type=int, default=100_000, help="events per pipeline run (default 100000)"
+    )
+    parser.add_argument(
+        "--naive-events",
+        type=int,
+        default=2000,
+        help="events for the slow naive baseline; rates are compared (default 2000)",
+    )
+    parser.add_argument("--batch-size", type=int, default=2000, help="consumer batch size")
+    parser.add_argument("--partitions", type=int, default=3, help="partitions of the topics")
+    parser.add_argument("--seed", type=int, default=42, help="simulator seed")
+    parser.add_argument(
+        "--throughput",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the throughput scenarios and baselines (default on)",
+    )
+    parser.add_argument("--latency", action="store_true", help="run the latency scenario")
+    parser.add_argument("--latency-rate", type=float, default=5000.0, help="offered events/s")
+    parser.add_argument("--latency-seconds", type=float, default=60.0, help="offering time")
+    parser.add_argument(
+        "--soak-minutes", type=float, metavar="M", help="run the memory soak for M minutes"
+    )
+    parser.add_argument(
+        "--soak-rate",
+        type=float,
+        default=500.0,
+        help="soak events/s, well below capacity so that backlogs do not blur the memory figure"
+        " (default 500)",
+    )
+    parser.add_argument("--sample-seconds", type=float, default=10.0, help="soak RSS interval")
+    parser.add_argument("--profile", metavar="FILE", help="add a cProfile'd run; write pstats")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    return parser
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the selected scenarios; print rates and ratios (or JSON). Returns the exit status."""
+    args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        # Unwind on SIGTERM/SIGHUP too, so that every topic, database, index and consumer
+        # process this run created is removed (the ``with`` blocks and ``finally`` clauses).
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+        signal.signal(signal.SIGHUP, _exit_on_signal)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    _log.setLevel(logging.INFO)
+    if not args.verbose:
+        # The local node has no ISM plugin; the sink says so at every start. Expected here.
+        logging.getLogger("clickstream.search.setup").setLevel(logging.ERROR)
+    if args.events < 1 or args.naive_events < 1 or args.batch_size < 1:
+        print("--events, --naive-events and --batch-size must be positive", file=sys.stderr)
+        return 2
+    stack = Stack(args.bootstrap_servers, args.postgres_admin_url, args.opensearch_url)
+    client = make_client(stack.opensearch_url) if args.with_opensearch else None
+    results: dict[str, Any] = {
+        "date": f"{_now():%Y-%m-%d %H:%M} UTC",
+        "machine": machine(),
+        "command": "python -m bench.consumer " + " ".join(sys.argv[1:] if argv is None else argv),
+        "events": args.events,
+        "batch_size": args.batch_size,
+        "partitions": args.partitions,
+        "load_at_start": load_average(),
+    }
+    if not args.json:
+        print(f"consumer benchmark, {results['date']}, {results['machine']}")
+        print(
+            f"load average at start {results['load_at_start'][0]:.2f} "
+            f"{results['load_at_start'][1]:.2f} {results['load_at_start'][2]:.2f}; "
+            f"{args.partitions} partitions, batch {args.batch_size}"
+            + (f", {args.events:,} events per pipeline run" if args.throughput else "")
+        )
+    if args.throughput:
+        throughput = _throughput(stack, client, args)
+        results["throughput"] = _jsonable(throughput)
+        if not args.json:
+            _print_throughput(throughput)
+    if args.latency:
+        latency = _latency(
+            stack,
+            client,
+            rate=args.latency_rate,
+            seconds=args.latency_seconds,
+            batch_size=args.batch_size,
+            partitions=args.partitions,
+        )
+        results["latency"] = _jsonable(latency)
+        if not args.json:
+            _print_latency(latency)
+    if args.soak_minutes:
+        soak = _soak(
+            stack,
+            client,
+            minutes=args.soak_minutes,
+            rate=args.soak_rate,
+            sample_seconds=args.sample_seconds,
+            batch_size=args.batch_size,
+            partitions=args.partitions,
+            progress=not args.json,
+        )
+        results["soak"] = _jsonable(soak)
+        if not args.json:
+            _print_soak(soak)
+    results["load_at_end"] = load_average()
+    if args.json:
+        json.dump(results, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        end = results["load_at_end"]
+        print(f"\nload average at end {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
