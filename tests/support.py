@@ -30,7 +30,6 @@ from clickstream.store import session_row
 ROOT = Path(__file__).resolve().parent.parent
 
 KINDS = ["page_view", "search", "add_to_cart", "remove_from_cart", "begin_checkout", "purchase"]
-RULES = {"gap": timedelta(minutes=30), "max_length": timedelta(hours=24)}
 
 PAGES = [
     ("home", "/"),
@@ -277,12 +276,22 @@ def scalar(database_url: str, sql: str) -> Any:
 
 
 def expected_sessions(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Sessions the definition yields for these events (first copy of an event_id wins)."""
+    """Sessions the definition yields for these event dicts (first copy of an event_id wins)."""
     from clickstream.events import ClickEvent
 
-    distinct: dict[str, ClickEvent] = {}
-    for data in events:
-        event = ClickEvent.model_validate_json(json.dumps(data))
+    return definition_sessions(
+        (ClickEvent.model_validate_json(json.dumps(data)) for data in events),
+        gap=timedelta(minutes=30),
+        max_length=timedelta(hours=24),
+    )
+
+
+def definition_sessions(
+    events: Iterable[Any], *, gap: timedelta, max_length: timedelta
+) -> list[dict[str, Any]]:
+    """``sessions`` rows of the pure definition over ``ClickEvent`` s, sorted by session_id."""
+    distinct: dict[str, Any] = {}
+    for event in events:
         distinct.setdefault(event.event_id, event)
     by_user: dict[str, list[SessionEvent]] = {}
     for e in distinct.values():
@@ -305,9 +314,7 @@ def expected_sessions(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         )
     rows = []
     for user, mine in by_user.items():
-        for s in build_sessions(
-            user, mine, gap=timedelta(minutes=30), max_length=timedelta(hours=24)
-        ):
+        for s in build_sessions(user, mine, gap=gap, max_length=max_length):
             row = session_row(s)
             row["revenue"] = Decimal(row["revenue"]).quantize(Decimal("0.01"))
             rows.append(row)

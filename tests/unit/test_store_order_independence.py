@@ -15,9 +15,8 @@ from clickstream.db import make_engine
 from clickstream.db.migrate import upgrade
 from clickstream.db.models import sessions_table, traffic_minute_table
 from clickstream.events import ClickEvent
-from clickstream.sessions import SessionEvent, build_sessions
-from clickstream.store import PositionedEvent, SessionRules, session_row, write_batch
-from tests.support import random_events
+from clickstream.store import PositionedEvent, SessionRules, write_batch
+from tests.support import definition_sessions, random_events
 
 RULES = [
     SessionRules(),
@@ -64,38 +63,6 @@ def test_any_arrival_order_gives_the_definition(tmp_path: Path, seed: int) -> No
         position += size
     engine.dispose()
     sessions, totals = _rows(url)
-    want = _definition(decoded, rules)
+    want = definition_sessions(decoded, gap=rules.gap, max_length=rules.max_length)
     assert [{k: row[k] for k in want[0]} for row in sessions] == want
     assert totals["events"] == len({e["event_id"] for e in events})
-
-
-def _definition(decoded: list[ClickEvent], rules: SessionRules) -> list[dict]:
-    """The pure session function over the distinct events (first copy of an id wins)."""
-    first: dict[str, ClickEvent] = {}
-    for event in decoded:
-        first.setdefault(event.event_id, event)
-    by_user: dict[str, list[SessionEvent]] = {}
-    for e in first.values():
-        by_user.setdefault(e.user_id, []).append(
-            SessionEvent(
-                e.event_id,
-                e.occurred_at,
-                str(e.event_type),
-                e.page_url,
-                str(e.page_type),
-                e.referrer_url,
-                e.utm_source,
-                str(e.device_type),
-                e.os,
-                e.browser,
-                e.country,
-                e.city,
-                e.revenue,
-            )
-        )
-    rows = [
-        session_row(s)
-        for user, mine in by_user.items()
-        for s in build_sessions(user, mine, gap=rules.gap, max_length=rules.max_length)
-    ]
-    return sorted(rows, key=lambda r: r["session_id"])
