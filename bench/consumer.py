@@ -13,8 +13,10 @@ removed afterwards. The default run measures, on the same pre-produced simulated
 
 Pipeline clock: from the moment the consumer is assigned its partitions (the events are already
 waiting in the topic) to the moment a watcher sees the group's committed offsets reach the
-number of events, i.e. after the last batch was committed in every sink *and* in Kafka. Start-up
-(schema check, OpenSearch setup, group join) and the shutdown are outside the clock.
+number of events, i.e. after the last batch was committed in PostgreSQL, OpenSearch and Kafka;
+with OpenSearch, also until the search outbox is empty (the session documents, which follow the
+commits, are written). Start-up (schema check, OpenSearch setup, group join) and the shutdown
+are outside the clock.
 
 ``--latency`` offers a steady rate to a consumer started as its own process
 (``python -m clickstream.consume``) and measures, per event, the time from the producer's
