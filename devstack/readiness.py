@@ -63,11 +63,15 @@ def wait_until_ready(
         StartupError: the process exited or the timeout passed; the message points at ``log_path``.
     """
     start = clock()
+    dead_checks = 0
     while True:
         verdict = judge(ready=probe(), alive=alive(), elapsed_s=clock() - start, policy=policy)
         if verdict is Verdict.READY:
             return clock() - start
-        if verdict is Verdict.DIED:
+        # One "not alive" reading can be a transient /proc read during the JVM's start-up;
+        # the process is declared dead only when two consecutive readings agree.
+        dead_checks = dead_checks + 1 if verdict is Verdict.DIED else 0
+        if dead_checks >= 2:
             raise StartupError(f"{name} exited during startup; see its log: {log_path}")
         if verdict is Verdict.TIMED_OUT:
             raise StartupError(

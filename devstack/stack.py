@@ -83,10 +83,11 @@ def _up_one(service: Service, timeout_s: float | None) -> Outcome:
             service.install()
             logger.info("%s: starting (log: %s)", service.name, service.log_path)
             service.start()
+        spawned = time.monotonic()  # the grace period counts from the start, not the install
         wait_until_ready(
             service.name,
             probe=service.probe,
-            alive=lambda: service.pid() is not None or time.monotonic() - start < _PID_GRACE_S,
+            alive=lambda: service.pid() is not None or time.monotonic() - spawned < _PID_GRACE_S,
             policy=ReadinessPolicy(timeout_s=timeout_s or service.startup_timeout_s),
             log_path=service.log_path,
         )

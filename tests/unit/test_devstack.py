@@ -228,7 +228,23 @@ def test_wait_until_ready_stops_when_the_process_dies():
             clock=clock,
             sleep=clock.sleep,
         )
-    assert clock.now == 0.0
+    # two consecutive "not alive" readings, one polling interval apart
+    assert clock.now == ReadinessPolicy(timeout_s=60).interval_s
+
+
+def test_wait_until_ready_survives_one_transient_dead_reading():
+    clock = _FakeClock()
+    readings = iter([False, True, True])
+    waited = wait_until_ready(
+        "svc",
+        probe=lambda: clock.now >= 2 * ReadinessPolicy(timeout_s=60).interval_s,
+        alive=lambda: next(readings, True),
+        policy=ReadinessPolicy(timeout_s=60),
+        log_path=Path("/l.log"),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert waited == 2 * ReadinessPolicy(timeout_s=60).interval_s
 
 
 def test_parser_accepts_services_and_port_flags():
