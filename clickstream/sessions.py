@@ -19,9 +19,11 @@ same id, and a session keeps its id while it grows.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Final
@@ -43,6 +45,7 @@ PATH_SEPARATOR: Final = " > "
 FUNNEL_STEPS: Final = ("page_view", "product_view", "add_to_cart", "begin_checkout", "purchase")
 """The conversion funnel, in order. A session's ``funnel_step`` is how many it reached."""
 _SESSION_NAMESPACE: Final = uuid.UUID("5b0a7a52-3f6c-4c1e-9a47-0d3c2f1e8b61")
+_NAMESPACE_BYTES: Final = _SESSION_NAMESPACE.bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +113,17 @@ class Session:
 
 def session_id_for(first_event_id: str) -> str:
     """Deterministic session id: a UUIDv5 of the session's first event id (lower case)."""
-    return str(uuid.uuid5(_SESSION_NAMESPACE, first_event_id.lower()))
+    # RFC 4122 section 4.3, as uuid.uuid5 computes it, without building UUID objects: the
+    # first 16 bytes of SHA-1(namespace + name) with the version (5) and variant bits set.
+    digest = bytearray(
+        hashlib.sha1(
+            _NAMESPACE_BYTES + first_event_id.lower().encode(), usedforsecurity=False
+        ).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def traffic_source(utm_source: str | None, referrer_url: str | None) -> str:
@@ -119,11 +132,16 @@ def traffic_source(utm_source: str | None, referrer_url: str | None) -> str:
     if utm_source:
         return utm_source
     if referrer_url:
-        host = (urlsplit(referrer_url).hostname or "").lower()
-        host = host.removeprefix("www.")
+        host = _referrer_host(referrer_url)
         if host:
             return host
     return "direct"
+
+
+@functools.lru_cache(maxsize=4096)  # referrers repeat: a few search engines and sites
+def _referrer_host(referrer_url: str) -> str:
+    host = (urlsplit(referrer_url).hostname or "").lower()
+    return host.removeprefix("www.")
 
 
 def funnel_advance(step: int, event_type: str, page_type: str) -> int:
@@ -283,17 +301,28 @@ def extend_session(
             break
         if event.event_type == "purchase" and not updated.converted:
             return None
-        updated = replace(
-            updated,
+        is_purchase = event.event_type == "purchase"
+        updated = Session(
+            session_id=updated.session_id,
+            user_id=updated.user_id,
+            started_at=updated.started_at,
             ended_at=event.occurred_at,
-            exit_page=event.page_url,
             event_count=updated.event_count + 1,
-            funnel_step=funnel_advance(updated.funnel_step, event.event_type, event.page_type),
             page_views=updated.page_views + (event.event_type == "page_view"),
-            purchases=updated.purchases + (event.event_type == "purchase"),
+            purchases=updated.purchases + is_purchase,
             revenue=updated.revenue + (event.revenue or Decimal("0.00"))
-            if event.event_type == "purchase"
+            if is_purchase
             else updated.revenue,
+            entry_page=updated.entry_page,
+            exit_page=event.page_url,
+            conversion_path=updated.conversion_path,
+            traffic_source=updated.traffic_source,
+            device_type=updated.device_type,
+            os=updated.os,
+            browser=updated.browser,
+            country=updated.country,
+            city=updated.city,
+            funnel_step=funnel_advance(updated.funnel_step, event.event_type, event.page_type),
         )
         index += 1
     return [

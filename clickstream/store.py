@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, Final
 
 import psycopg
@@ -33,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from clickstream.db.models import events_table, sessions_table, traffic_minute_table
-from clickstream.events import ClickEvent, EventType
+from clickstream.events import ClickEvent, DeviceType, EventType, PageType
 from clickstream.sessions import Session, SessionEvent, build_sessions, extend_session
 
 __all__ = [
@@ -82,6 +83,10 @@ _EVENT_SESSION_COLUMNS: Final = (
     "city",
     "revenue",
 )
+_TEXT: Final[dict[StrEnum, str]] = {
+    member: member.value for kind in (EventType, PageType, DeviceType) for member in kind
+}
+"""Plain text of the vocabularies' members: a dict lookup is cheaper than ``Enum.value``."""
 _IN_CHUNK: Final = 5000  # bound the number of bind parameters of one IN (...)
 
 
@@ -146,8 +151,10 @@ def write_batch(
     inserted_ids = _insert_events(conn, distinct.values())
     new_events = [distinct[event_id].event for event_id in inserted_ids]
     new_events.sort(key=lambda event: (event.occurred_at, event.event_id))
-    _add_traffic(conn, new_events)
     changes, slow = _resessionize(conn, new_events, rules)
+    # Last: traffic_minute rows are shared by every visitor of a minute, and their row locks
+    # are held until commit. Taken at the end, concurrent consumers wait for each other least.
+    _add_traffic(conn, new_events)
     return BatchOutcome(new_events, len(events) - len(new_events), changes, slow)
 
 
@@ -178,15 +185,80 @@ def _event_row(item: PositionedEvent) -> dict[str, Any]:
     return row
 
 
+_EVENT_COPY_COLUMNS: Final = (
+    "event_id",
+    "event_type",
+    "occurred_at",
+    "user_id",
+    "session_id",
+    "page_url",
+    "page_type",
+    "referrer_url",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "device_type",
+    "os",
+    "browser",
+    "country",
+    "city",
+    "latitude",
+    "longitude",
+    "product_id",
+    "search_query",
+    "order_id",
+    "revenue",
+    "currency",
+    "kafka_partition",
+    "kafka_offset",
+)
+
+
+def _event_values(item: PositionedEvent) -> tuple[Any, ...]:
+    """The ``events`` row of ``item`` in :data:`_EVENT_COPY_COLUMNS` order (the COPY hot path)."""
+    e = item.event
+    return (
+        e.event_id,
+        _TEXT[e.event_type],
+        e.occurred_at,
+        e.user_id,
+        e.session_id,
+        e.page_url,
+        _TEXT[e.page_type],
+        e.referrer_url,
+        e.utm_source,
+        e.utm_medium,
+        e.utm_campaign,
+        _TEXT[e.device_type],
+        e.os,
+        e.browser,
+        e.country,
+        e.city,
+        e.latitude,
+        e.longitude,
+        e.product_id,
+        e.search_query,
+        e.order_id,
+        e.revenue,
+        e.currency,
+        item.partition,
+        item.offset,
+    )
+
+
 def _copy_insert(
-    conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]], suffix: str
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    suffix: str,
 ) -> list[Any]:
     """PostgreSQL: COPY the rows into a temporary twin of ``table``, then one INSERT ... SELECT.
 
-    COPY is the fastest way into PostgreSQL; the INSERT adds what COPY cannot (``ON CONFLICT``,
-    ``RETURNING``). The twin is emptied at commit. Returns the rows of ``RETURNING``, if any.
+    ``rows`` hold the values of ``columns``, in that order. COPY is the fastest way into
+    PostgreSQL; the INSERT adds what COPY cannot (``ON CONFLICT``, ``RETURNING``). The twin is
+    emptied at commit. Returns the rows of ``RETURNING``, if any.
     """
-    columns = list(rows[0])
     quote = conn.dialect.identifier_preparer.quote
     names = ", ".join(quote(c) for c in columns)
     twin = quote(f"incoming_{table.name}")
@@ -202,8 +274,9 @@ def _copy_insert(
                 f"(LIKE {quote(table.name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
             with cursor.copy(f"COPY {twin} ({names}) FROM STDIN") as copy:
+                write_row = copy.write_row
                 for row in rows:
-                    copy.write_row([row[c] for c in columns])
+                    write_row(row)
             cursor.execute(insert)
             return cursor.fetchall() if cursor.description else []
     except psycopg.Error as exc:
@@ -213,15 +286,16 @@ def _copy_insert(
 
 
 def _insert_events(conn: Connection, items: Iterable[PositionedEvent]) -> list[str]:
-    rows = [_event_row(item) for item in items]
     if conn.dialect.name == "postgresql":
         returned = _copy_insert(
             conn,
             events_table,
-            rows,
+            _EVENT_COPY_COLUMNS,
+            [_event_values(item) for item in items],
             "ON CONFLICT (event_id) DO NOTHING RETURNING CAST(event_id AS text)",
         )
         return [str(row[0]) for row in returned]
+    rows = [_event_row(item) for item in items]
     insert = _insert_dialect(conn)
     statement = (
         insert(events_table)
@@ -236,7 +310,7 @@ def _add_traffic(conn: Connection, new_events: Sequence[ClickEvent]) -> None:
     buckets: dict[tuple[datetime, str, str], list[Any]] = {}
     for event in new_events:
         minute = event.occurred_at.replace(second=0, microsecond=0)
-        key = (minute, event.device_type.value, event.country or "")
+        key = (minute, _TEXT[event.device_type], event.country or "")
         bucket = buckets.setdefault(key, [0, 0, 0, 0, Decimal("0.00")])
         bucket[0] += 1
         if event.event_type is EventType.PAGE_VIEW:
@@ -267,7 +341,11 @@ def _add_traffic(conn: Connection, new_events: Sequence[ClickEvent]) -> None:
     if conn.dialect.name == "postgresql":
         added = ", ".join(f"{m} = traffic_minute.{m} + excluded.{m}" for m in measures)
         _copy_insert(
-            conn, table, rows, f"ON CONFLICT (minute, device_type, country) DO UPDATE SET {added}"
+            conn,
+            table,
+            list(rows[0]),
+            [tuple(row.values()) for row in rows],
+            f"ON CONFLICT (minute, device_type, country) DO UPDATE SET {added}",
         )
         return
     insert = _insert_dialect(conn)(table)
@@ -282,12 +360,12 @@ def _session_event(event: ClickEvent) -> SessionEvent:
     return SessionEvent(
         event_id=event.event_id,
         occurred_at=event.occurred_at,
-        event_type=str(event.event_type),
+        event_type=_TEXT[event.event_type],
         page_url=event.page_url,
-        page_type=str(event.page_type),
+        page_type=_TEXT[event.page_type],
         referrer_url=event.referrer_url,
         utm_source=event.utm_source,
-        device_type=str(event.device_type),
+        device_type=_TEXT[event.device_type],
         os=event.os,
         browser=event.browser,
         country=event.country,
@@ -476,23 +554,56 @@ def _recompute(
         changes.upserted.extend(s for s in fresh if previous.get(s.session_id) != s)
 
 
+_SESSION_COPY_COLUMNS: Final = (*_SESSION_COLUMNS, "duration_seconds", "converted", "bounced")
+
+
+def _session_values(s: Session) -> tuple[Any, ...]:
+    """The ``sessions`` row of ``s`` in :data:`_SESSION_COPY_COLUMNS` order (the COPY hot path)."""
+    return (
+        s.session_id,
+        s.user_id,
+        s.started_at,
+        s.ended_at,
+        s.event_count,
+        s.page_views,
+        s.purchases,
+        s.revenue,
+        s.entry_page,
+        s.exit_page,
+        s.conversion_path,
+        s.traffic_source,
+        s.device_type,
+        s.os,
+        s.browser,
+        s.country,
+        s.city,
+        s.funnel_step,
+        (s.ended_at - s.started_at).total_seconds(),
+        s.purchases > 0,
+        s.event_count == 1,
+    )
+
+
 def _write_sessions(conn: Connection, changes: SessionChanges) -> None:
     table = sessions_table
     for chunk in _chunks(sorted(changes.deleted)):
         conn.execute(delete(table).where(table.c.session_id.in_(chunk)))
     if not changes.upserted:
         return
-    rows = sorted((session_row(s) for s in changes.upserted), key=lambda r: r["session_id"])
     replaced = [c.name for c in table.columns if c.name not in ("session_id", "updated_at")]
     if conn.dialect.name == "postgresql":
         assignments = ", ".join(f"{name} = excluded.{name}" for name in replaced)
+        # Sorted by id: concurrent batches lock shared rows in the same order (no deadlock).
+        ordered = sorted(changes.upserted, key=lambda s: s.session_id)
         _copy_insert(
             conn,
             table,
-            rows,
+            _SESSION_COPY_COLUMNS,
+            [_session_values(s) for s in ordered],
             f"ON CONFLICT (session_id) DO UPDATE SET {assignments}, updated_at = now()",
         )
         return
+    rows = sorted((session_row(s) for s in changes.upserted), key=lambda r: r["session_id"])
     insert = _insert_dialect(conn)(table)
     statement = insert.on_conflict_do_update(
         index_elements=[table.c.session_id],

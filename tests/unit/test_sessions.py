@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -103,6 +104,22 @@ def test_session_id_is_deterministic_and_follows_the_first_event() -> None:
     first, second = build_sessions("bridge", events[:2], gap=GAP, max_length=MAX)
     assert first.session_id == merged.session_id
     assert second.session_id != merged.session_id
+
+
+def test_session_id_is_the_uuid5_of_the_first_event_id() -> None:
+    namespace = uuid.UUID("5b0a7a52-3f6c-4c1e-9a47-0d3c2f1e8b61")  # the project's namespace
+    # The value computed once with the standard library, written down.
+    assert (
+        session_id_for("00000000-0000-4000-8000-00000000000b")
+        == str(uuid.uuid5(namespace, "00000000-0000-4000-8000-00000000000b"))
+        == "23f2b57a-e018-544c-9c4d-b13fbac8c732"
+    )
+    rng = random.Random(5)
+    for _ in range(500):
+        name = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        assert session_id_for(name) == str(uuid.uuid5(namespace, name))
+    # not only UUIDs: any text id, non-ASCII included, hashes as its lower-case UTF-8
+    assert session_id_for("Événement-7") == str(uuid.uuid5(namespace, "événement-7"))
 
 
 @pytest.mark.parametrize(
