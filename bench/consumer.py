@@ -464,6 +464,72 @@ def _bulk_ceiling(client: OpenSearch, prefix: str, events: Sequence[ClickEvent])
     return Figure("ceiling: OpenSearch helpers.bulk", len(actions), seconds, load)
 
 
+def _pipeline_processes(
+    name: str,
+    settings: Settings,
+    *,
+    processes: int,
+    count: int,
+    partitions: int,
+    batch_size: int,
+    opensearch: bool,
+) -> PipelineFigure:
+    """Run ``processes`` consumer processes in one group until it committed ``count`` messages.
+
+    The way a deployment uses more cores: several ``python -m clickstream.consume`` in one
+    consumer group share the partitions. The clock starts when the first process is assigned
+    partitions (the others join while it works: their rebalance is inside the clock) and stops
+    as in :func:`_pipeline`.
+    """
+    watcher = _CommitWatcher(
+        settings.kafka_bootstrap_servers, settings.consumer_group, settings.topic, partitions
+    )
+    load = load_average()[0]
+    consumers = [
+        _ConsumerProcess(settings, batch_size=batch_size, opensearch=opensearch)
+        for _ in range(processes)
+    ]
+    first: tuple[float, int] | None = None
+    try:
+        for consumer in consumers:
+            consumer.wait_assigned(timeout=120)
+        while True:
+            committed = watcher.committed()
+            seen = time.perf_counter()
+            if committed and first is None:
+                first = (seen, committed)
+            if committed >= count:
+                break
+            if not all(c.alive() for c in consumers):
+                logs = "\n".join(line for c in consumers for line in c.log)
+                msg = f"a consumer stopped after {committed} of {count} messages:\n{logs}"
+                raise RuntimeError(msg)
+            time.sleep(WATCH_INTERVAL)
+        if opensearch:
+            with psycopg.connect(
+                libpq_url(settings.database_url.get_secret_value()), autocommit=True
+            ) as conn:
+                while _outbox_size(conn):
+                    time.sleep(WATCH_INTERVAL)
+                    seen = time.perf_counter()
+    finally:
+        for consumer in consumers:
+            consumer.stop()
+        watcher.close()
+    started = min(c.assigned_at for c in consumers if c.assigned_at is not None)
+    if first is None:  # pragma: no cover - the loop above only ends with commits
+        msg = "no offsets were committed"
+        raise RuntimeError(msg)
+    return PipelineFigure(
+        name=name,
+        count=count,
+        seconds=seen - started,
+        load_1m=load,
+        steady_count=count - first[1],
+        steady_seconds=seen - first[0],
+    )
+
+
 # -- the consumer as its own process (latency, soak) ----------------------------------------
 
 
@@ -485,6 +551,7 @@ class _ConsumerProcess:
         if not opensearch:
             command.append("--no-opensearch")
         self.assigned = threading.Event()
+        self.assigned_at: float | None = None
         self.log: deque[str] = deque(maxlen=200)
         self._process = subprocess.Popen(
             command,
@@ -508,6 +575,8 @@ class _ConsumerProcess:
         for line in stream:
             self.log.append(line.rstrip())
             if " assigned " in line:
+                if self.assigned_at is None:
+                    self.assigned_at = time.perf_counter()
                 self.assigned.set()
 
     def wait_assigned(self, timeout: float) -> None:
@@ -892,6 +961,9 @@ class Throughput:
     decode: Figure
     """Not a baseline: what validation alone costs, a floor under any consumer in Python."""
     hot_spots: str = ""
+    processes_pg: PipelineFigure | None = None
+    processes_both: PipelineFigure | None = None
+    """The same pipelines as several consumer processes in one group (``--processes``)."""
 
 
 def _throughput(stack: Stack, client: OpenSearch | None, args: argparse.Namespace) -> Throughput:
@@ -934,6 +1006,45 @@ def _throughput(stack: Stack, client: OpenSearch | None, args: argparse.Namespac
                     _count_rows(url, "sessions"),
                     "session documents (one per sessions row)",
                 )
+
+        processes_pg = processes_both = None
+        if args.processes > 1:
+            with fresh_database(stack.postgres_admin_url) as url:
+                _log.info("pipeline -> PostgreSQL, %d processes", args.processes)
+                processes_pg = _pipeline_processes(
+                    f"pipeline -> PostgreSQL, {args.processes} processes",
+                    _settings(stack, topics, url, None),
+                    processes=args.processes,
+                    count=count,
+                    partitions=partitions,
+                    batch_size=batch,
+                    opensearch=False,
+                )
+                _check(_count_rows(url), count, "rows in events")
+            if client is not None:
+                with (
+                    fresh_database(stack.postgres_admin_url) as url,
+                    opensearch_prefix(client) as p,
+                ):
+                    _log.info("pipeline -> PostgreSQL + OpenSearch, %d processes", args.processes)
+                    processes_both = _pipeline_processes(
+                        f"pipeline -> PostgreSQL + OpenSearch, {args.processes} processes",
+                        _settings(stack, topics, url, p),
+                        processes=args.processes,
+                        count=count,
+                        partitions=partitions,
+                        batch_size=batch,
+                        opensearch=True,
+                    )
+                    _check(_count_rows(url), count, "rows in events")
+                    _check(
+                        _count_documents(client, events_index_pattern(p)), count, "event documents"
+                    )
+                    _check(
+                        _count_documents(client, sessions_alias(p)),
+                        _count_rows(url, "sessions"),
+                        "session documents (one per sessions row)",
+                    )
 
         naive_count = min(args.naive_events, count)
         with fresh_database(stack.postgres_admin_url) as url, _maybe_prefix(client) as p:
@@ -980,7 +1091,9 @@ def _throughput(stack: Stack, client: OpenSearch | None, args: argparse.Namespac
             ensure_search_setup(client, prefix=p)
             bulk_figure = _bulk_ceiling(client, p, events)
             _check(_count_documents(client, events_index_pattern(p)), count, "documents (bulk)")
-    return Throughput(pg, both, naive, copy, bulk_figure, decode, hot_spots)
+    return Throughput(
+        pg, both, naive, copy, bulk_figure, decode, hot_spots, processes_pg, processes_both
+    )
 
 
 def _check(got: int, want: int, what: str) -> None:
@@ -1005,31 +1118,41 @@ def _verdict(value: float, goal: float) -> str:
 
 
 def _ratios(result: Throughput) -> list[tuple[str, float, str]]:
-    pg, both = result.pipeline_pg, result.pipeline_both
-    best = both if both is not None else pg
-    ratios = [
-        (
-            f"{best.name} / {result.naive.name}",
-            best.rate / result.naive.rate,
-            f"goal >= {PIPELINE_GOAL:g}x: {_verdict(best.rate / result.naive.rate, PIPELINE_GOAL)}",
-        ),
-        (
-            "pipeline -> PostgreSQL / PostgreSQL COPY ceiling",
-            pg.rate / result.copy_ceiling.rate,
-            f"goal >= {CEILING_GOAL:.0%}: "
-            f"{_verdict(pg.rate / result.copy_ceiling.rate, CEILING_GOAL)}",
-        ),
+    ratios: list[tuple[str, float, str]] = []
+    candidates = [
+        (result.pipeline_pg, result.pipeline_both),
+        (result.processes_pg, result.processes_both),
     ]
-    if both is not None and result.bulk_ceiling is not None:
-        slower = min(result.copy_ceiling, result.bulk_ceiling, key=lambda f: f.rate)
-        ratio = both.rate / slower.rate
+    for pg, both in candidates:
+        if pg is None:
+            continue
+        best = both if both is not None else pg
+        versus_naive = best.rate / result.naive.rate
         ratios.append(
             (
-                f"{both.name} / slower sink's ceiling ({slower.name.split(': ')[1]})",
-                ratio,
-                f"goal >= {CEILING_GOAL:.0%}: {_verdict(ratio, CEILING_GOAL)}",
+                f"{best.name} / {result.naive.name}",
+                versus_naive,
+                f"goal >= {PIPELINE_GOAL:g}x: {_verdict(versus_naive, PIPELINE_GOAL)}",
             )
         )
+        versus_copy = pg.rate / result.copy_ceiling.rate
+        ratios.append(
+            (
+                f"{pg.name} / PostgreSQL COPY ceiling",
+                versus_copy,
+                f"goal >= {CEILING_GOAL:.0%}: {_verdict(versus_copy, CEILING_GOAL)}",
+            )
+        )
+        if both is not None and result.bulk_ceiling is not None:
+            slower = min(result.copy_ceiling, result.bulk_ceiling, key=lambda f: f.rate)
+            ratio = both.rate / slower.rate
+            ratios.append(
+                (
+                    f"{both.name} / slower sink's ceiling ({slower.name.split(': ')[1]})",
+                    ratio,
+                    f"goal >= {CEILING_GOAL:.0%}: {_verdict(ratio, CEILING_GOAL)}",
+                )
+            )
     return ratios
 
 
@@ -1037,6 +1160,7 @@ def _print_throughput(result: Throughput) -> None:
     figures: list[Figure] = [result.pipeline_pg]
     if result.pipeline_both is not None:
         figures.append(result.pipeline_both)
+    figures.extend(f for f in (result.processes_pg, result.processes_both) if f is not None)
     figures.append(result.naive)
     figures.append(result.copy_ceiling)
     if result.bulk_ceiling is not None:
@@ -1050,7 +1174,7 @@ def _print_throughput(result: Throughput) -> None:
             f"{figure.rate:>9,.0f}  {figure.load_1m:>8.2f}"
         )
     for pipeline in (result.pipeline_pg, result.pipeline_both):
-        if pipeline is not None:
+        if pipeline is not None and pipeline.report:
             print(
                 f"  {pipeline.name}: steady rate, first to last commit: "
                 f"{pipeline.steady_rate:,.0f} events/s; sessions written "
@@ -1173,7 +1297,20 @@ def _parser() -> argparse.ArgumentParser:
         help="events for the slow naive baseline; rates are compared (default 2000)",
     )
     parser.add_argument("--batch-size", type=int, default=2000, help="consumer batch size")
-    parser.add_argument("--partitions", type=int, default=3, help="partitions of the topics")
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=6,
+        help="partitions of the topics (default 6, as the Aiven deployment's)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        metavar="N",
+        help="also run each pipeline as N consumer processes in one group, the way a deployment"
+        " uses more cores (default 2; 1 to skip)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="simulator seed")
     parser.add_argument(
         "--throughput",
