@@ -40,7 +40,7 @@ from clickstream.cli import add_log_level
 from clickstream.errors import ClickstreamError, ConfigError, DeliveryError, TransientError
 from clickstream.producer import COMPRESSION_TYPES, EventProducer, ProducerTuning, producer_config
 from clickstream.settings import load_settings
-from clickstream.simulator import SimulatedEvent, SimulatorConfig, TrafficSimulator
+from clickstream.simulator import SimulatedEvent, SimulatorConfig, TrafficSimulator, WireEvent
 
 __all__ = ["ExitCode", "main", "parse_duration"]
 
@@ -356,7 +356,7 @@ class _RateMeter:
         return (count - before) / (now - then) if now > then else 0.0
 
 
-def _events(args: argparse.Namespace, seed: int) -> Iterator[SimulatedEvent]:
+def _messages(args: argparse.Namespace, seed: int) -> Iterator[WireEvent]:
     config = SimulatorConfig(conversion_rate=args.conversion_rate, site_url=args.site_url)
     clock = _utc_now
     if args.backfill is not None:
@@ -371,18 +371,19 @@ def _events(args: argparse.Namespace, seed: int) -> Iterator[SimulatedEvent]:
         # Unpaced live traffic: simulated time runs ahead of the clock, so events are stamped
         # no later than "now" (a consumer rejects events from the future).
         simulator = TrafficSimulator(config, seed=seed, clock=clock, clamp_to_clock=True)
-    events = iter(simulator)
-    return events if args.count < 0 else islice(events, args.count)
+    # The wire path makes the same bytes as SimulatedEvent.to_json(), without the records.
+    messages = _validated(simulator.events()) if args.validate else simulator.messages()
+    return messages if args.count < 0 else islice(messages, args.count)
+
+
+def _validated(events: Iterator[SimulatedEvent]) -> Iterator[WireEvent]:
+    """Each event through the ClickEvent model (full validation) before it is sent."""
+    for event in events:
+        yield WireEvent(event.visitor.key, event.to_click_event().to_json(), event.occurred_ms)
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _serializer(validate: bool) -> Callable[[SimulatedEvent], bytes]:
-    if validate:
-        return lambda event: event.to_click_event().to_json()
-    return SimulatedEvent.to_json
 
 
 class _Sink(Protocol):
@@ -451,10 +452,9 @@ class _StdoutSink:
 
 
 def _run(
-    events: Iterator[SimulatedEvent],
+    messages: Iterator[WireEvent],
     sink: _Sink,
     *,
-    serialize: Callable[[SimulatedEvent], bytes],
     pace_by_event_time: bool,
     rate: float,
     stop: _StopFlag,
@@ -471,15 +471,15 @@ def _run(
     # backfill sends event n at start + n / rate.
     wall_ms = _wall_ms()
     try:
-        for event in events:
+        for key, value, occurred_ms in messages:
             if stop.requested:
                 break
             if pace_by_event_time:
-                if event.occurred_ms > wall_ms:
-                    wall_ms = _wait_until(event.occurred_ms, sink, stop, report)
+                if occurred_ms > wall_ms:
+                    wall_ms = _wait_until(occurred_ms, sink, stop, report)
             elif rate > 0:
                 _wait_until_monotonic(started + sent / rate, sink, stop)
-            if stop.requested or not send(event.visitor.key, serialize(event)):
+            if stop.requested or not send(key, value):
                 break
             sent += 1
             if sent % _CHECK_EVERY == 0:
@@ -564,11 +564,10 @@ def _main(
     args: argparse.Namespace, *, seed: int, stop: _StopFlag, console: Console, use_bar: bool
 ) -> int:
     try:
-        events = _events(args, seed)
+        messages = _messages(args, seed)
     except ConfigError as exc:
         logger.error("%s", exc)
         return ExitCode.BAD_CONFIGURATION
-    serialize = _serializer(args.validate)
     total = args.count if args.count >= 0 else None
 
     def reporter() -> _Reporter:
@@ -577,9 +576,8 @@ def _main(
     by_event_time = args.backfill is None and args.rate > 0
     if args.stdout:
         result = _run(
-            events,
+            messages,
             _StdoutSink(),
-            serialize=serialize,
             pace_by_event_time=by_event_time,
             rate=args.rate,
             stop=stop,
@@ -625,9 +623,8 @@ def _main(
     sink = _KafkaSink(producer, flush_timeout=args.delivery_timeout + 5.0)
     try:
         result = _run(
-            events,
+            messages,
             sink,
-            serialize=serialize,
             pace_by_event_time=by_event_time,
             rate=args.rate,
             stop=stop,

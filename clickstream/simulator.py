@@ -18,6 +18,8 @@ injected clock. The simulator yields :class:`SimulatedEvent` records in non-decr
 ``occurred_at`` order (so also per visitor). :meth:`SimulatedEvent.to_json` is a fast serializer
 whose bytes are identical to :meth:`ClickEvent.to_json() <clickstream.events.ClickEvent.to_json>`
 (a test checks this), and :meth:`SimulatedEvent.to_click_event` builds the validated model.
+:meth:`TrafficSimulator.messages` yields the same events as Kafka key, value and time without
+the records: the producer's fast path.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from enum import StrEnum
 from functools import lru_cache
 from itertools import accumulate
 from json.encoder import encode_basestring as _json_string
+from statistics import NormalDist
 from types import MappingProxyType
 from typing import Final, NamedTuple, TypeVar
 from urllib.parse import quote_plus
@@ -58,6 +61,7 @@ __all__ = [
     "SimulatorConfig",
     "TrafficSimulator",
     "Visitor",
+    "WireEvent",
     "event_details",
     "page_visit",
     "visitor",
@@ -692,12 +696,14 @@ def _second_prefix(epoch_second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_second))
 
 
+_MILLIS: Final = ('Z"', *(f'.{millis:03d}000Z"' for millis in range(1, 1000)))
+"""The end of a rendered ``occurred_at`` (closing quote included), by millisecond of the second."""
+
+
 def _format_time(occurred_ms: int) -> str:
     # Pydantic's rendering of a UTC datetime: no fraction when it is zero, else microseconds.
     second, millis = divmod(occurred_ms, 1000)
-    if millis:
-        return f"{_second_prefix(second)}.{millis:03d}000Z"
-    return _second_prefix(second) + "Z"
+    return _second_prefix(second) + _MILLIS[millis][:-1]
 
 
 def _to_ms(moment: datetime) -> int:
@@ -707,30 +713,90 @@ def _to_ms(moment: datetime) -> int:
     return math.floor(moment.timestamp() * 1000)
 
 
+def _json_float(value: float) -> str:
+    # Python's repr and pydantic agree (shortest round trip) unless repr picks exponent notation.
+    if value == 0.0 or 1e-4 <= abs(value) < 1e16:
+        return repr(value)
+    return pydantic_core.to_json(value).decode()
+
+
 _T = TypeVar("_T")
 Pick = Callable[[Callable[[], float]], _T]
 """A weighted choice: call it with a uniform [0, 1) source (``rng.random``)."""
 
 
-def _weighted(pairs: Sequence[tuple[_T, float]]) -> Pick[_T]:
+def _cumulative(pairs: Sequence[tuple[_T, float]]) -> tuple[list[_T], list[float]]:
+    """Items and cumulative probabilities: ``items[bisect(cumulative, random())]`` picks one."""
     items = [item for item, weight in pairs if weight > 0]
     cumulative = list(accumulate(weight for _, weight in pairs if weight > 0))
     total = cumulative[-1]
-    cumulative[-1] = math.inf  # random() * total can round up to total
+    cumulative = [c / total for c in cumulative]
+    cumulative[-1] = math.inf  # the last division can round below 1
+    return items, cumulative
+
+
+def _weighted(pairs: Sequence[tuple[_T, float]]) -> Pick[_T]:
+    items, cumulative = _cumulative(pairs)
 
     def pick(random: Callable[[], float]) -> _T:
-        return items[bisect(cumulative, random() * total)]
+        return items[bisect(cumulative, random())]
 
     return pick
 
 
-def _chain(chain: Transitions) -> dict[PageType, Pick[PageType | None]]:
+_Chain = dict[PageType, tuple[list[PageType | None], list[float]]]
+"""A Markov chain ready for inline sampling: page type -> (next page types, cumulative)."""
+
+
+def _chain(chain: Transitions) -> _Chain:
     return {
-        source: _weighted(
+        source: _cumulative(
             [(None if str(target) == _EXIT else PageType(target), w) for target, w in row.items()]
         )
         for source, row in chain.items()
     }
+
+
+_DWELL_STEPS: Final = 4096
+
+
+@lru_cache(maxsize=64)
+def _dwell_table(median_s: float, sigma: float, max_s: float) -> tuple[tuple[float, float], ...]:
+    """Inverse CDF of a log-normal dwell time in ms, piecewise linear over 4096 steps.
+
+    Step ``i`` is ``(start, slope)``: a uniform ``u`` in ``[0, 4096)`` maps to
+    ``start + (u - i) * slope`` with ``i = int(u)``, so one uniform draw gives a dwell time that
+    follows the log-normal law (clamped to ``[1 s, max_s]``) without a log, exp or cos per draw.
+    The two end knots, which the law puts at 0 and infinity, are the quantiles a quarter step
+    further out.
+    """
+    normal = NormalDist(math.log(median_s), sigma)
+    probabilities = [0.25 / _DWELL_STEPS]
+    probabilities += [i / _DWELL_STEPS for i in range(1, _DWELL_STEPS)]
+    probabilities.append(1.0 - 0.25 / _DWELL_STEPS)
+    knots = [min(max(math.exp(normal.inv_cdf(p)), 1.0), max_s) * 1000.0 for p in probabilities]
+    return tuple((knots[i], knots[i + 1] - knots[i]) for i in range(_DWELL_STEPS))
+
+
+class _Page(NamedTuple):
+    """A page as the events on it render it; built once per URL where the URL is fixed."""
+
+    url: str
+    page_type: PageType
+    json: str
+    """JSON members ``page_url`` and ``page_type``, with a leading comma."""
+    as_referrer: str
+    """JSON member ``referrer_url`` naming this page, for the next page's events."""
+
+
+def _page(url: str, page_type: PageType) -> _Page:
+    url_json = _json_string(url)
+    return _Page(
+        url,
+        page_type,
+        f',"page_url":{url_json},"page_type":"{page_type}"',
+        ',"referrer_url":' + url_json,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -738,52 +804,74 @@ class _Product:
     product_id: str
     category: str
     price: Decimal
-    url: str
+    page: _Page
     viewed: EventDetails
-    searches: tuple[tuple[str, str, EventDetails], ...]
-    """(query, results page URL, details of the search event) for a few queries that find it."""
+    searches: tuple[tuple[_Page, EventDetails], ...]
+    """(results page, details of the search event) for a few queries that find the product."""
 
 
 class _Session:
     """A visit in progress: where the visitor is, what is in the cart, what comes next."""
 
     __slots__ = (
+        "as_referrer",
+        "body",
         "buying",
         "cart",
         "category",
+        "device",
         "head",
         "page",
         "page_count",
+        "page_type",
         "pending",
         "purchased",
         "search_product",
         "session_id",
-        "url_json",
+        "url",
         "visitor",
     )
 
     def __init__(self, visitor: Visitor, session_id: str | None, *, buying: bool) -> None:
         self.visitor = visitor
         self.session_id = session_id
-        # JSON of the fields every event of the session shares, up to the page URL.
+        # The JSON of an event's shared fields is head + body + device: head and device are the
+        # session's and the visitor's, body is the current page's.
         self.head = visitor.json_user
         if session_id is not None:
             self.head += f',"session_id":{_json_string(session_id)}'
-        self.url_json = ""
-        """The current page URL as JSON, reused as the next page's referrer."""
+        self.device = visitor.json_device
+        self.body = ""
+        """JSON members ``page_url`` through ``utm_campaign`` of the current page."""
+        self.as_referrer = ""
+        """JSON member ``referrer_url`` naming the current page, for the next page."""
         self.buying = buying
         self.purchased = False
         self.cart: list[_Product] = []
         self.page_count = 0
-        self.page: PageVisit
+        self.page_type = PageType.HOME
+        self.url = ""
+        self.page: PageVisit | None = None
+        """The current page as a record (only when the simulator yields records)."""
         self.category = ""
         self.search_product: _Product | None = None
         # Events of the current page not yet emitted, the next one last: (due ms, type, details).
         self.pending: list[tuple[int, EventType, EventDetails]] = []
 
 
+class WireEvent(NamedTuple):
+    """A simulated event ready for Kafka: what :meth:`TrafficSimulator.messages` yields."""
+
+    key: bytes
+    """The message key: ``user_id``."""
+    value: bytes
+    """The event as JSON, byte-identical to :meth:`SimulatedEvent.to_json`."""
+    occurred_ms: int
+    """The event time in milliseconds since the Unix epoch (UTC), for pacing."""
+
+
 _new_tuple = tuple.__new__
-_sqrt, _log, _cos, _exp, _TWO_PI = math.sqrt, math.log, math.cos, math.exp, 2.0 * math.pi
+_sqrt, _cos, _sin, _TWO_PI = math.sqrt, math.cos, math.sin, 2.0 * math.pi
 _UUID_KEEP: Final = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID_V4: Final = (0x4000 << 64) | (0x8000 << 48)
 
@@ -794,8 +882,50 @@ def _format_uuid4(bits: int) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_ID_BATCH: Final = 1024
+"""Event and session ids are drawn and formatted this many at a time."""
+_BATCH_KEEP: Final = sum((_UUID_KEEP % 2**128) << (128 * i) for i in range(_ID_BATCH))
+_BATCH_V4: Final = sum(_UUID_V4 << (128 * i) for i in range(_ID_BATCH))
+_ID_TEMPLATE: Final = b"00000000-0000-4000-8000-000000000000," * _ID_BATCH
+_ID_SLOT: Final = 37
+_HEX_PLACES: Final = tuple(d + (d >= 8) + (d >= 12) + (d >= 16) + (d >= 20) for d in range(32))
+"""Where the n-th hex digit of a UUID goes in its canonical text (after 0 to 4 dashes)."""
+
+
+def _format_uuid4_batch(bits: int) -> list[str]:
+    """``_ID_BATCH * 128`` random bits as that many version 4 UUIDs in canonical form.
+
+    The same text as :func:`_format_uuid4` on each 128-bit slice, made with a few operations on
+    the whole batch: set the version and variant bits, write the hex digits into a template
+    that has the dashes (one strided copy per digit position), split.
+    """
+    digits = ((bits & _BATCH_KEEP) | _BATCH_V4).to_bytes(16 * _ID_BATCH).hex().encode()
+    text = bytearray(_ID_TEMPLATE)
+    for digit, place in enumerate(_HEX_PLACES):
+        text[place::_ID_SLOT] = digits[digit::32]
+    return text[:-1].decode().split(",")
+
+
 _CLOCK_EVERY: Final = 256
 """In clamp mode, read the clock at most once per this many events."""
+
+_HOME, _CATEGORY, _PRODUCT, _SEARCH = (
+    PageType.HOME,
+    PageType.CATEGORY,
+    PageType.PRODUCT,
+    PageType.SEARCH,
+)
+_CART, _CHECKOUT, _CONFIRMATION = PageType.CART, PageType.CHECKOUT, PageType.CONFIRMATION
+_ACCOUNT = PageType.ACCOUNT
+_PAGE_VIEW, _ADD_TO_CART, _SEARCH_EVENT = (
+    EventType.PAGE_VIEW,
+    EventType.ADD_TO_CART,
+    EventType.SEARCH,
+)
+_REMOVE_FROM_CART, _BEGIN_CHECKOUT = EventType.REMOVE_FROM_CART, EventType.BEGIN_CHECKOUT
+_PURCHASE = EventType.PURCHASE
+_EVENT_HEADS: Final = {t: f'","event_type":"{t}","occurred_at":"' for t in EventType}
+"""JSON from the end of ``event_id`` to the start of the ``occurred_at`` value, by event type."""
 
 
 class TrafficSimulator:
@@ -836,9 +966,14 @@ class TrafficSimulator:
         # but formatted here: Faker's provider dispatch costs more than the rest of a visitor.
         self._faker_bits = self._faker.random.getrandbits
         self._build_tables()
+        self._ids: list[str] = []
+        """Drawn event and session ids not used yet (taken from the end)."""
+        self._visitor_ids: list[str] = []
+        self._records = True
+        """Build a PageVisit per page (for SimulatedEvent records), or not (wire path)."""
+        self._jitter_km = self.config.location_jitter_km
         self._known: list[Visitor] = []
         self._cooling: list[tuple[int, int, Visitor]] = []
-        self._cooling_sequence = 0
         self.mean_events_per_session, self.mean_session_seconds = self._estimate_sessions()
 
     @classmethod
@@ -880,53 +1015,101 @@ class TrafficSimulator:
     def events(self) -> Iterator[SimulatedEvent]:
         """Yield events forever (or until ``end``), in non-decreasing ``occurred_ms`` order.
 
-        Iterate once per simulator: the visitors and the random stream belong to it.
+        Iterate once per simulator (or once over :meth:`messages`): the visitors and the random
+        stream belong to it.
         """
-        # The hot loop: locals instead of attribute look-ups, tuples built directly.
-        getrandbits, expovariate = self._rng.getrandbits, self._rng.expovariate
-        heappush, heappop = heapq.heappush, heapq.heappop
-        start_session, next_page, end_session = (
-            self._start_session,
-            self._next_page,
-            self._end_session,
-        )
-        make, event_class = _new_tuple, SimulatedEvent
-        uuid_keep, uuid_v4 = _UUID_KEEP, _UUID_V4
+        return self._stream(wire=False)  # type: ignore[return-value]
+
+    def messages(self) -> Iterator[WireEvent]:
+        """The same events as :meth:`events` for the same seed, ready for Kafka (faster).
+
+        Each is ``(key, value, occurred_ms)`` with ``key == event.visitor.key`` and
+        ``value == event.to_json()`` of the corresponding :class:`SimulatedEvent`, built
+        without the event records (the fast path of the producer).
+        """
+        return self._stream(wire=True)  # type: ignore[return-value]
+
+    def _stream(self, *, wire: bool) -> Iterator[SimulatedEvent | WireEvent]:
+        # The hot loop: locals instead of attribute look-ups, tuples built directly, the heap
+        # entry of the session just served replaced in place rather than popped and pushed.
+        # The wire path renders each event's JSON in one go from the session's pieces; the
+        # records path builds a PageVisit per page for the SimulatedEvents to share.
+        self._records = not wire
+        uniform, log = self._rng.random, math.log
+        heappush, heappop, heapreplace = heapq.heappush, heapq.heappop, heapq.heapreplace
+        start_session, next_page = self._start_session, self._next_page
+        cooling = self._cooling
+        return_after_ms = int(self.config.return_after_min_seconds * 1000)
+        ids, more_ids = self._ids, self._more_ids
+        take_id = ids.pop
+        make, event_class, wire_class = _new_tuple, SimulatedEvent, WireEvent
+        heads, millis_text, second_prefix = _EVENT_HEADS, _MILLIS, _second_prefix
         arrivals_per_ms = self.config.events_per_second / self.mean_events_per_session / 1000.0
         heap: list[tuple[int, int, _Session]] = []
         sequence = 0
         next_arrival = float(self._start_ms)
         end_ms = self._end_ms if self._end_ms is not None else 2**62
-        clamp, clock, clock_ms, stale = self._clamp, self._clock, self._start_ms, 0
-        last_stamp = self._start_ms
+        clamp, clock, start_ms = self._clamp, self._clock, self._start_ms
+        clock_ms, stale, last_stamp = start_ms, 0, start_ms
+        second_ms, next_second_ms, prefix = 0, 0, ""
         while True:
-            if heap and heap[0][0] < next_arrival:
-                due, _, session = heappop(heap)
+            if heap and (top := heap[0])[0] < next_arrival:
+                session = top[2]
+                queued = True
             else:
-                due = int(next_arrival)
-                session = start_session(due)
-                next_arrival += expovariate(arrivals_per_ms)
+                session = start_session(int(next_arrival))
+                queued = False
+                # Poisson arrivals: exponential gaps (as random.expovariate draws them).
+                next_arrival -= log(1.0 - uniform()) / arrivals_per_ms
+            pending = session.pending
+            due, event_type, details = pending.pop()
             if due > end_ms:
                 return
-            due, event_type, details = session.pending.pop()
             stamp = due
             if clamp:
                 if due > clock_ms:
                     stale += 1
-                    if stale >= _CLOCK_EVERY or clock_ms == self._start_ms:
+                    if stale >= _CLOCK_EVERY or clock_ms == start_ms:
                         clock_ms, stale = max(clock_ms, _to_ms(clock())), 0
-                    stamp = min(due, clock_ms)
-                last_stamp = stamp = max(stamp, last_stamp)
-            h = f"{getrandbits(128) & uuid_keep | uuid_v4:032x}"
-            event_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-            yield make(
-                event_class, (event_id, event_type, stamp, session.visitor, session.page, details)
-            )
-            if session.pending or next_page(session, due):
-                sequence += 1
-                heappush(heap, (session.pending[-1][0], sequence, session))
+                    if due > clock_ms:
+                        stamp = clock_ms
+                if stamp < last_stamp:  # noqa: PLR1730 - cheaper than calling max()
+                    stamp = last_stamp
+                last_stamp = stamp
+            if not ids:
+                more_ids()
+            if wire:
+                if stamp >= next_second_ms:
+                    second_ms = stamp - stamp % 1000
+                    next_second_ms = second_ms + 1000
+                    prefix = second_prefix(second_ms // 1000)
+                yield make(
+                    wire_class,
+                    (
+                        session.visitor.key,
+                        f'{{"event_id":"{take_id()}{heads[event_type]}{prefix}'
+                        f"{millis_text[stamp - second_ms]},{session.head}{session.body}"
+                        f"{session.device}{details.json}}}".encode(),
+                        stamp,
+                    ),
+                )
             else:
-                end_session(session, due)
+                yield make(
+                    event_class,
+                    (take_id(), event_type, stamp, session.visitor, session.page, details),
+                )
+            sequence += 1
+            if pending or next_page(session, due):
+                entry = (session.pending[-1][0], sequence, session)
+                if queued:
+                    heapreplace(heap, entry)
+                else:
+                    heappush(heap, entry)
+            else:
+                if queued:
+                    heappop(heap)
+                # The session is over: its visitor may come back after the 30-minute gap.
+                heappush(cooling, (due + return_after_ms, sequence, session.visitor))
 
     def click_events(self) -> Iterator[ClickEvent]:
         """Like :meth:`events`, as validated :class:`ClickEvent` models (slower)."""
@@ -938,15 +1121,42 @@ class TrafficSimulator:
     def _build_tables(self) -> None:
         config, fake, rng = self.config, self._faker, self._rng
         self._random = rng.random
-        self._cities = _weighted([(city, city.weight) for city in CITIES])
-        self._device_types = _weighted(list(config.device_weights.items()))
-        self._profiles = {
-            device_type: _weighted(
-                [(p, p.weight) for p in DEVICE_PROFILES if p.device_type is device_type]
-            )
-            for device_type in DeviceType
+        # Visitors' device profile (type, system and browser) in one pick, and their city with
+        # its JSON members and the degrees of longitude per km at its latitude.
+        device_shares = config.device_weights
+        profile_totals = {
+            t: sum(p.weight for p in DEVICE_PROFILES if p.device_type is t) for t in DeviceType
         }
+        self._profiles = _cumulative(
+            [
+                (
+                    (
+                        p,
+                        f',"device_type":"{p.device_type}","os":{_json_string(p.os)}'
+                        f',"browser":{_json_string(p.browser)}',
+                    ),
+                    device_shares.get(p.device_type, 0.0)
+                    * p.weight
+                    / profile_totals[p.device_type],
+                )
+                for p in DEVICE_PROFILES
+            ]
+        )
+        self._cities = _cumulative(
+            [
+                (
+                    (
+                        city,
+                        f',"country":"{city.country}","city":{_json_string(city.name)}',
+                        1.0 / (_KM_PER_DEGREE * math.cos(math.radians(city.latitude))),
+                    ),
+                    city.weight,
+                )
+                for city in CITIES
+            ]
+        )
         self._channels = _weighted(list(config.channel_weights.items()))
+        self._visitor_channels = _cumulative(list(config.channel_weights.items()))
         self._engines = _weighted([((url, name), w) for url, name, w in _SEARCH_ENGINES])
         self._socials = _weighted([((url, name), w) for url, name, w in _SOCIAL_NETWORKS])
         self._paid_campaigns = {
@@ -963,7 +1173,8 @@ class TrafficSimulator:
         ]
         site = config.site_url
         products: list[_Product] = []
-        self._by_category: dict[str, Pick[_Product]] = {}
+        self._by_category: dict[str, tuple[list[_Product], list[float]]] = {}
+        self._category_pages: dict[str, tuple[_Page, ...]] = {}
         for category, (nouns, median) in _CATEGORIES.items():
             in_category = []
             for index in range(config.products_per_category):
@@ -978,27 +1189,46 @@ class TrafficSimulator:
                         product_id=product_id,
                         category=category,
                         price=_price(rng, median),
-                        url=f"{site}/p/{slug}-{product_id.lower()}",
+                        page=_page(f"{site}/p/{slug}-{product_id.lower()}", _PRODUCT),
                         viewed=event_details(product_id=product_id),
                         searches=tuple(
-                            (q, f"{site}/search?q={quote_plus(q)}", event_details(search_query=q))
+                            (
+                                _page(f"{site}/search?q={quote_plus(q)}", _SEARCH),
+                                event_details(search_query=q),
+                            )
                             for q in queries
                         ),
                     )
                 )
             # Popularity follows a Zipf-like law: a few best sellers, a long tail.
-            self._by_category[category] = _weighted(
+            self._by_category[category] = _cumulative(
                 [(p, 1.0 / (rank + 1)) for rank, p in enumerate(in_category)]
             )
             products += in_category
+            # The first listing page, then pages 2 to 5.
+            self._category_pages[category] = (
+                _page(f"{site}/c/{category}", _CATEGORY),
+                *(_page(f"{site}/c/{category}?page={n}", _CATEGORY) for n in range(2, 6)),
+            )
         per_category = config.products_per_category
-        self._products = _weighted(
+        self._products = _cumulative(
             [(p, 1.0 / (1 + i % per_category)) for i, p in enumerate(products)]
         )
-        self._categories = _weighted([(c, 1.0 / (1 + i / 2)) for i, c in enumerate(_CATEGORIES)])
+        self._categories = _cumulative([(c, 1.0 / (1 + i / 2)) for i, c in enumerate(_CATEGORIES)])
+        self._home_page = _page(site + "/", _HOME)
+        self._cart_page = _page(site + "/cart", _CART)
+        self._checkout_page = _page(site + "/checkout", _CHECKOUT)
+        self._account_pages = [_page(site + path, _ACCOUNT) for path in _ACCOUNT_PATHS]
+        self._other_pages = [_page(site + path, PageType.OTHER) for path in _OTHER_PATHS]
         self._browse = _chain(config.browse_transitions)
         self._buy = _chain(config.buy_transitions)
-        self._log_dwell = {p: math.log(s) for p, s in config.dwell_median_seconds.items()}
+        self._dwell = {
+            page_type: _dwell_table(median, config.dwell_sigma, config.max_dwell_seconds)
+            for page_type, median in config.dwell_median_seconds.items()
+        }
+        self._max_pages = config.max_pages_per_session
+        self._emit_session_id = config.emit_session_id
+        self._cart_rates = (config.add_to_cart_rate_browse, config.add_to_cart_rate_buy)
 
     def _estimate_sessions(self) -> tuple[float, float]:
         """Mean events per session and mean session length (seconds), by walking sessions.
@@ -1041,24 +1271,48 @@ class TrafficSimulator:
 
     # -- visitors and sessions ----------------------------------------------------------------
 
-    def _uuid(self) -> str:
-        return _format_uuid4(self._rng.getrandbits(128))
+    def _more_ids(self) -> None:
+        self._ids += _format_uuid4_batch(self._rng.getrandbits(128 * _ID_BATCH))
+
+    def _more_visitor_ids(self) -> None:
+        # Popped from the end, these are Faker's uuid4() values in the order it would draw them.
+        self._visitor_ids += _format_uuid4_batch(self._faker_bits(128 * _ID_BATCH))
 
     def _make_visitor(self) -> Visitor:
         random = self._random
-        profile = self._profiles[self._device_types(random)](random)
-        city = self._cities(random)
-        latitude, longitude = _jitter(random, city, self.config.location_jitter_km)
-        return visitor(
-            user_id=_format_uuid4(self._faker_bits(128)),
-            device_type=profile.device_type,
-            os=profile.os,
-            browser=profile.browser,
-            country=city.country,
-            city=city.name,
-            latitude=latitude,
-            longitude=longitude,
-            channel=self._channels(random),
+        profiles, cumulative = self._profiles
+        profile, device_json = profiles[bisect(cumulative, random())]
+        cities, cumulative = self._cities
+        city, city_json, lon_per_km = cities[bisect(cumulative, random())]
+        # Uniform over a disc of location_jitter_km around the centre; 4 decimals is about
+        # 11 m, and "+ 0.0" turns a rounded -0.0 into 0.0.
+        distance = self._jitter_km * _sqrt(random())
+        bearing = random() * _TWO_PI
+        latitude = round(city.latitude + distance * _cos(bearing) / _KM_PER_DEGREE, 4) + 0.0
+        longitude = round(city.longitude + distance * _sin(bearing) * lon_per_km, 4) + 0.0
+        if not self._visitor_ids:
+            self._more_visitor_ids()
+        user_id = self._visitor_ids.pop()
+        # The same fragments as visitor() renders, from pieces rendered once per profile and
+        # city; for coordinates rounded to 4 decimals, repr() writes what pydantic writes.
+        device = f'{device_json}{city_json},"latitude":{latitude!r},"longitude":{longitude!r}'
+        channels, cumulative = self._visitor_channels
+        return _new_tuple(
+            Visitor,
+            (
+                user_id,
+                profile.device_type,
+                profile.os,
+                profile.browser,
+                city.country,
+                city.name,
+                latitude,
+                longitude,
+                channels[bisect(cumulative, random())],
+                user_id.encode(),
+                f'"user_id":"{user_id}"',
+                device,
+            ),
         )
 
     def _start_session(self, at_ms: int) -> _Session:
@@ -1075,11 +1329,16 @@ class TrafficSimulator:
             visitor = known[index]
             known[index] = known[-1]
             known.pop()
-            return self._open_session(visitor, at_ms, self._session_id(), returning=True)
-        return self._open_session(self._make_visitor(), at_ms, self._session_id(), returning=False)
-
-    def _session_id(self) -> str | None:
-        return self._uuid() if self.config.emit_session_id else None
+            returning = True
+        else:
+            visitor = self._make_visitor()
+            returning = False
+        session_id = None
+        if self._emit_session_id:
+            if not self._ids:
+                self._more_ids()
+            session_id = self._ids.pop()
+        return self._open_session(visitor, at_ms, session_id, returning=returning)
 
     def _open_session(
         self, visitor: Visitor, at_ms: int, session_id: str | None, *, returning: bool
@@ -1090,14 +1349,9 @@ class TrafficSimulator:
         if returning and random() < config.returning_direct_share:
             channel = Channel.DIRECT
         referrer, campaign, landing = self._acquisition(channel)
-        referrer_json = None if referrer is None else _json_string(referrer)
-        self._visit(session, landing, at_ms, referrer, referrer_json, campaign)
+        as_referrer = "" if referrer is None else ',"referrer_url":' + _json_string(referrer)
+        self._visit(session, landing, at_ms, referrer, as_referrer, campaign)
         return session
-
-    def _end_session(self, session: _Session, last_ms: int) -> None:
-        self._cooling_sequence += 1
-        available = last_ms + int(self.config.return_after_min_seconds * 1000)
-        heapq.heappush(self._cooling, (available, self._cooling_sequence, session.visitor))
 
     def _acquisition(self, channel: Channel) -> tuple[str | None, Campaign | None, PageType]:
         random = self._random
@@ -1130,28 +1384,28 @@ class TrafficSimulator:
 
     def _next_page(self, session: _Session, now_ms: int) -> bool:
         """Move the session to its next page (its events queued); False when it ends."""
-        random, config = self._random, self.config
-        current = session.page.page_type
+        random = self._random
+        current = session.page_type
         converting = session.buying and not session.purchased
-        capped = session.page_count >= config.max_pages_per_session
         target: PageType | None
-        if capped and not converting:
-            return False
-        if capped:
+        if session.page_count >= self._max_pages:
+            if not converting:
+                return False
             target = _FORCED_NEXT[current]
         else:
-            target = (self._buy if converting else self._browse)[current](random)
+            targets, cumulative = (self._buy if converting else self._browse)[current]
+            target = targets[bisect(cumulative, random())]
             if target is None:
                 return False
-        if target is PageType.CHECKOUT and not session.cart:
+        if target is _CHECKOUT and not session.cart:
             # Nothing to check out: the visitor goes back to the products.
-            target = PageType.PRODUCT if converting else PageType.CATEGORY
-        # Log-normal dwell time; the normal deviate by Box-Muller on our uniform source.
-        normal = _sqrt(-2.0 * _log(1.0 - random())) * _cos(_TWO_PI * random())
-        dwell = _exp(self._log_dwell[current] + config.dwell_sigma * normal)
-        dwell_ms = int(min(max(dwell, 1.0), config.max_dwell_seconds) * 1000)
-        referrer = session.page.page_url
-        self._visit(session, target, now_ms + dwell_ms, referrer, session.url_json)
+            target = _PRODUCT if converting else _CATEGORY
+        # Log-normal dwell time by inverse transform sampling (see _dwell_table).
+        step = random() * _DWELL_STEPS
+        index = int(step)
+        start, slope = self._dwell[current][index]
+        dwell_ms = int(start + (step - index) * slope)
+        self._visit(session, target, now_ms + dwell_ms, session.url, session.as_referrer)
         return True
 
     def _visit(  # noqa: PLR0917 - the hot path: positional arguments are cheaper
@@ -1160,89 +1414,89 @@ class TrafficSimulator:
         page_type: PageType,
         at_ms: int,
         referrer: str | None,
-        referrer_json: str | None,
+        as_referrer: str,
         campaign: Campaign | None = None,
     ) -> None:
-        random, config = self._random, self.config
-        site = config.site_url
+        random = self._random
         details = _NO_DETAILS
         later: tuple[int, EventType, EventDetails] | None = None
-        if page_type is PageType.PRODUCT:
-            product = self._pick_product(session)
-            url = product.url
+        if page_type is _PRODUCT:
+            # Often the product just searched for, else one of the category being browsed.
+            product = session.search_product
+            session.search_product = None
+            if product is None or random() >= 0.6:
+                if session.category and random() < 0.8:
+                    products, cumulative = self._by_category[session.category]
+                else:
+                    products, cumulative = self._products
+                product = products[bisect(cumulative, random())]
+            page = product.page
             details = product.viewed
             session.category = product.category
-            rate = config.add_to_cart_rate_buy if session.buying else config.add_to_cart_rate_browse
-            forced = (
-                session.buying
-                and not session.cart
-                and session.page_count >= config.max_pages_per_session
-            )
-            if forced or random() < rate:
-                session.cart.append(product)
-                later = (at_ms + _within(random, 3_000, 30_000), EventType.ADD_TO_CART, details)
-        elif page_type is PageType.CATEGORY:
-            session.category = self._categories(random)
-            url = f"{site}/c/{session.category}"
-            if random() < 0.3:
-                url += f"?page={2 + int(random() * 4)}"
-        elif page_type is PageType.HOME:
-            url = site + "/"
-        elif page_type is PageType.SEARCH:
-            product = self._products(random)
-            _, url, search = _one_of(random, product.searches)
+            cart = session.cart
+            buying = session.buying
+            forced = buying and not cart and session.page_count >= self._max_pages
+            if forced or random() < self._cart_rates[buying]:
+                cart.append(product)
+                later = (at_ms + 3_000 + int(random() * 27_000), _ADD_TO_CART, details)
+        elif page_type is _CATEGORY:
+            categories, cumulative = self._categories
+            category = session.category = categories[bisect(cumulative, random())]
+            pages = self._category_pages[category]
+            page = pages[1 + int(random() * 4)] if random() < 0.3 else pages[0]
+        elif page_type is _HOME:
+            page = self._home_page
+        elif page_type is _SEARCH:
+            products, cumulative = self._products
+            product = products[bisect(cumulative, random())]
+            page, search = _one_of(random, product.searches)
             session.search_product = product
-            later = (at_ms + _within(random, 200, 1_500), EventType.SEARCH, search)
-        elif page_type is PageType.CART:
-            url = site + "/cart"
-            if session.cart and random() < config.remove_from_cart_rate:
+            later = (at_ms + 200 + int(random() * 1_300), _SEARCH_EVENT, search)
+        elif page_type is _CART:
+            page = self._cart_page
+            if session.cart and random() < self.config.remove_from_cart_rate:
                 removed = session.cart.pop(int(random() * len(session.cart)))
                 after = at_ms + _within(random, 2_000, 20_000)
-                later = (after, EventType.REMOVE_FROM_CART, removed.viewed)
-        elif page_type is PageType.CHECKOUT:
-            url = site + "/checkout"
-            later = (at_ms + _within(random, 500, 3_000), EventType.BEGIN_CHECKOUT, _NO_DETAILS)
-        elif page_type is PageType.CONFIRMATION:
+                later = (after, _REMOVE_FROM_CART, removed.viewed)
+        elif page_type is _CHECKOUT:
+            page = self._checkout_page
+            later = (at_ms + _within(random, 500, 3_000), _BEGIN_CHECKOUT, _NO_DETAILS)
+        elif page_type is _CONFIRMATION:
             order_id = f"ORD-{int(random() * 2**48):012X}"
             revenue = sum((p.price for p in session.cart), Decimal(0)).quantize(_CENT)
             session.cart.clear()
             session.purchased = True
-            url = f"{site}/checkout/confirmation?order={order_id}"
-            purchase = event_details(order_id=order_id, revenue=revenue, currency=config.currency)
-            later = (at_ms + _within(random, 300, 2_000), EventType.PURCHASE, purchase)
-        elif page_type is PageType.ACCOUNT:
-            url = site + _one_of(random, _ACCOUNT_PATHS)
+            page = _page(
+                f"{self.config.site_url}/checkout/confirmation?order={order_id}", page_type
+            )
+            currency = self.config.currency
+            purchase = event_details(order_id=order_id, revenue=revenue, currency=currency)
+            later = (at_ms + _within(random, 300, 2_000), _PURCHASE, purchase)
+        elif page_type is _ACCOUNT:
+            page = _one_of(random, self._account_pages)
         else:
-            url = site + _one_of(random, _OTHER_PATHS)
-        # The same JSON as page_visit() renders, built from pre-rendered pieces (hot path).
-        url_json = _json_string(url)
+            page = _one_of(random, self._other_pages)
+        # The same JSON as page_visit() renders, from pieces rendered once per page (hot path).
         if campaign is None:
-            utm = ""
+            url = page.url
+            body = page.json + as_referrer
         else:
-            url += ("&" if "?" in url else "?") + campaign.query
-            url_json = _json_string(url)
-            utm = campaign.json
-        ref = "" if referrer_json is None else ',"referrer_url":' + referrer_json
-        json = (
-            f'{session.head},"page_url":{url_json},"page_type":"{page_type}"'
-            f"{ref}{utm}{session.visitor.json_device}"
-        )
-        session.page = _new_tuple(
-            PageVisit, (session.session_id, url, page_type, referrer, campaign, json)
-        )
-        session.url_json = url_json
+            url = page.url
+            page = _page(url + ("&" if "?" in url else "?") + campaign.query, page_type)
+            url = page.url
+            body = page.json + as_referrer + campaign.json
+        session.url = url
+        session.page_type = page_type
+        session.body = body
+        session.as_referrer = page.as_referrer
+        if self._records:
+            json = f"{session.head}{body}{session.device}"
+            session.page = _new_tuple(
+                PageVisit, (session.session_id, url, page_type, referrer, campaign, json)
+            )
         session.page_count += 1
-        viewed = (at_ms, EventType.PAGE_VIEW, details)
+        viewed = (at_ms, _PAGE_VIEW, details)
         session.pending = [viewed] if later is None else [later, viewed]
-
-    def _pick_product(self, session: _Session) -> _Product:
-        random = self._random
-        found, session.search_product = session.search_product, None
-        if found is not None and random() < 0.6:
-            return found
-        if session.category and random() < 0.8:
-            return self._by_category[session.category](random)
-        return self._products(random)
 
 
 _FORCED_NEXT: Final[dict[PageType, PageType]] = {
@@ -1270,13 +1524,3 @@ def _price(rng: random.Random, median: float) -> Decimal:
     raw = rng.lognormvariate(math.log(median), 0.5)
     cents = rng.choice((99, 99, 95, 90, 0, 50))
     return Decimal(f"{max(int(raw), 1)}.{cents:02d}")
-
-
-def _jitter(random: Callable[[], float], city: City, radius_km: float) -> tuple[float, float]:
-    # Uniform over a disc of radius_km around the centre; 4 decimals is about 11 m.
-    distance = radius_km * math.sqrt(random())
-    bearing = random() * 2 * math.pi
-    dlat = distance * math.cos(bearing) / _KM_PER_DEGREE
-    dlon = distance * math.sin(bearing) / (_KM_PER_DEGREE * math.cos(math.radians(city.latitude)))
-    # "+ 0.0" turns a rounded -0.0 into 0.0.
-    return round(city.latitude + dlat, 4) + 0.0, round(city.longitude + dlon, 4) + 0.0

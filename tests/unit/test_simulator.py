@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -28,7 +29,9 @@ from clickstream.simulator import (
     page_visit,
     visitor,
 )
+from clickstream.simulator import _dwell_table as dwell_table
 from clickstream.simulator import _format_uuid4 as format_uuid4
+from clickstream.simulator import _format_uuid4_batch as format_uuid4_batch
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 T0_MS = 1796025600000  # 2026-11-30T08:00:00Z, computed by hand: 20787 days * 86400 + 8 h
@@ -152,6 +155,77 @@ def test_times_are_written_as_the_model_writes_them(offset_ms: int, expected: st
     event = simulate(1)[0]._replace(occurred_ms=T0_MS + offset_ms)
     assert expected.encode() in event.to_json()
     assert event.to_json() == event.to_click_event().to_json()
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_wire_path_yields_the_same_keys_bytes_and_times_as_the_records(clamp: bool) -> None:
+    def records() -> list[tuple[bytes, bytes, int]]:
+        simulator = TrafficSimulator(seed=21, clock=fixed_clock, clamp_to_clock=clamp)
+        return [(e.visitor.key, e.to_json(), e.occurred_ms) for e in islice(simulator, 6000)]
+
+    simulator = TrafficSimulator(seed=21, clock=fixed_clock, clamp_to_clock=clamp)
+    wire = [tuple(message) for message in islice(simulator.messages(), 6000)]
+    assert wire == records()
+
+
+def test_wire_path_of_a_backfill_ends_where_the_records_end() -> None:
+    def make() -> TrafficSimulator:
+        return TrafficSimulator.backfill(
+            seed=4, clock=fixed_clock, window=timedelta(minutes=10), count=3000
+        )
+
+    expected = [(e.visitor.key, e.to_json(), e.occurred_ms) for e in make()]
+    assert [tuple(message) for message in make().messages()] == expected
+    assert all(ms <= T0_MS for _, _, ms in expected)
+
+
+def test_visitor_fragments_are_what_the_public_helper_renders(
+    long_sample: list[SimulatedEvent],
+) -> None:
+    # The simulator renders a visitor's JSON from pieces and repr(); visitor() uses pydantic.
+    seen = {event.visitor for event in long_sample[:20_000]}
+    assert len(seen) > 1000
+    for someone in seen:
+        assert someone == visitor(
+            user_id=someone.user_id,
+            device_type=someone.device_type,
+            os=someone.os,
+            browser=someone.browser,
+            country=someone.country,
+            city=someone.city,
+            latitude=someone.latitude,
+            longitude=someone.longitude,
+            channel=someone.channel,
+        )
+
+
+def test_dwell_table_follows_the_log_normal_law() -> None:
+    # Median 40 s, sigma 0.9: the 90th percentile is 40 * exp(0.9 * 1.28155) = 126.76 s, the
+    # 10th 40 / exp(0.9 * 1.28155) = 12.62 s; the table is clamped to [1 s, 900 s].
+    table = dwell_table(40.0, 0.9, 900.0)
+
+    def quantile(p: float) -> float:
+        step = p * len(table)
+        start, slope = table[int(step)]
+        return start + (step - int(step)) * slope
+
+    assert quantile(0.5) == pytest.approx(40_000, rel=1e-9)
+    assert quantile(0.9) == pytest.approx(126_760, rel=1e-3)
+    assert quantile(0.1) == pytest.approx(12_622, rel=1e-3)
+    # The outer knots, at a quarter step (z = -3.84 and 3.84): 40 * exp(0.9 * -3.84) = 1.26 s
+    # and 40 * exp(0.9 * 3.84) = 1269 s, cut to 900 s.
+    assert 1000.0 < table[0][0] < 2000.0
+    assert table[-1][0] + table[-1][1] == 900_000.0
+    assert dwell_table(2.0, 0.9, 900.0)[0][0] == 1000.0, "never under a second"
+    assert all(slope >= 0 for _, slope in table)
+
+
+def test_ids_drawn_in_batches_are_those_drawn_one_by_one() -> None:
+    # A batch popped from its end gives the ids of consecutive getrandbits(128) draws.
+    batch = format_uuid4_batch(random.Random(77).getrandbits(128 * 1024))
+    one_by_one = random.Random(77)
+    assert batch[::-1] == [format_uuid4(one_by_one.getrandbits(128)) for _ in range(1024)]
+    assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 for i in batch)
 
 
 def test_click_events_yields_validated_models() -> None:
