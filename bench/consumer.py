@@ -477,9 +477,12 @@ def _pipeline_processes(
     """Run ``processes`` consumer processes in one group until it committed ``count`` messages.
 
     The way a deployment uses more cores: several ``python -m clickstream.consume`` in one
-    consumer group share the partitions. The clock starts when the first process is assigned
-    partitions (the others join while it works: their rebalance is inside the clock) and stops
-    as in :func:`_pipeline`.
+    consumer group share the partitions. The processes start together, but the first one to be
+    assigned partitions starts on the waiting events while the group still rebalances (a few
+    seconds, with nothing committed meanwhile). That start-up is left out like the single
+    consumer's: the clock starts when the group has formed, i.e. at the last change of any
+    process's assignment, and the events committed by then are not counted. It stops as in
+    :func:`_pipeline`.
     """
     watcher = _CommitWatcher(
         settings.kafka_bootstrap_servers, settings.consumer_group, settings.topic, partitions
@@ -489,15 +492,14 @@ def _pipeline_processes(
         _ConsumerProcess(settings, batch_size=batch_size, opensearch=opensearch)
         for _ in range(processes)
     ]
-    first: tuple[float, int] | None = None
+    samples: list[tuple[float, int]] = []
     try:
         for consumer in consumers:
             consumer.wait_assigned(timeout=120)
         while True:
             committed = watcher.committed()
             seen = time.perf_counter()
-            if committed and first is None:
-                first = (seen, committed)
+            samples.append((seen, committed))
             if committed >= count:
                 break
             if not all(c.alive() for c in consumers):
@@ -512,21 +514,31 @@ def _pipeline_processes(
                 while _outbox_size(conn):
                     time.sleep(WATCH_INTERVAL)
                     seen = time.perf_counter()
+        # Before stopping: shutting down logs a revocation too.
+        formed = max(c.last_change or 0.0 for c in consumers)
     finally:
         for consumer in consumers:
             consumer.stop()
         watcher.close()
-    started = min(c.assigned_at for c in consumers if c.assigned_at is not None)
-    if first is None:  # pragma: no cover - the loop above only ends with commits
-        msg = "no offsets were committed"
+    started = min(c.assigned_at or formed for c in consumers)
+    before = max((n for at, n in samples if at <= formed), default=0)
+    if count - before < count // 2:
+        msg = (
+            f"the group formed {formed - started:.1f} s after the first assignment, when "
+            f"{before} of {count} events were already committed: use more --events"
+        )
         raise RuntimeError(msg)
+    _log.info(
+        "%s: the group formed %.1f s after the first assignment (%d events committed by then)",
+        name,
+        formed - started,
+        before,
+    )
     return PipelineFigure(
         name=name,
-        count=count,
-        seconds=seen - started,
+        count=count - before,
+        seconds=seen - formed,
         load_1m=load,
-        steady_count=count - first[1],
-        steady_seconds=seen - first[0],
     )
 
 
@@ -552,6 +564,8 @@ class _ConsumerProcess:
             command.append("--no-opensearch")
         self.assigned = threading.Event()
         self.assigned_at: float | None = None
+        self.last_change: float | None = None
+        """When the process last logged a change of its partitions (assigned or revoked)."""
         self.log: deque[str] = deque(maxlen=200)
         self._process = subprocess.Popen(
             command,
@@ -574,6 +588,8 @@ class _ConsumerProcess:
             return
         for line in stream:
             self.log.append(line.rstrip())
+            if " assigned " in line or " revoked " in line:
+                self.last_change = time.perf_counter()
             if " assigned " in line:
                 if self.assigned_at is None:
                     self.assigned_at = time.perf_counter()
