@@ -262,6 +262,84 @@ def _on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
     _log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
 
 
+class _SearchSync:
+    """Drains the search outbox in one background thread, beside the consume loop.
+
+    Session documents follow committed rows through the durable outbox, so they need not hold
+    up the loop: while the loop's thread waits for PostgreSQL or OpenSearch on the next batch,
+    this thread writes session documents, and the other way round. It drains every
+    ``interval`` seconds, so each active session's latest state is written about once per
+    interval (not once per batch), and at once when the loop asks (:meth:`drain_now`, when
+    idle). It is the process's only drainer: the loop never drains itself, so two drains of
+    one process never compete (several processes may: the outbox lets one drainer at a time
+    work, see :mod:`clickstream.outbox`). A drain that fails with :class:`TransientError`
+    leaves the ids queued and is retried at the next interval; any other error stops the
+    thread and is raised in the loop by :meth:`check`.
+    """
+
+    def __init__(self, processor: BatchProcessor, interval: float) -> None:
+        self._processor = processor
+        self._interval = interval
+        self._wake = threading.Event()
+        self._closing = False
+        self._done = threading.Condition()
+        self._started = 0  # drains begun, and ...
+        self._finished = 0  # ... finished, so far
+        self._last_ok = False
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="search-outbox", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread; its first drain runs at once (whatever an earlier run left)."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._done:
+                    if self._closing:
+                        return
+                    self._started += 1
+                began = time.monotonic()
+                ok = _sync(self._processor)
+                with self._done:
+                    self._finished += 1
+                    self._last_ok = ok
+                    self._done.notify_all()
+                self._wake.wait(max(0.0, self._interval - (time.monotonic() - began)))
+                self._wake.clear()
+        except BaseException as exc:  # handed to the loop's thread by check()
+            with self._done:
+                self._failure = exc
+                self._done.notify_all()
+
+    def check(self) -> None:
+        """Raise what stopped the thread, if anything did (a fatal sink or database error)."""
+        if self._failure is not None:
+            raise self._failure
+
+    def drain_now(self) -> bool:
+        """Wait for a drain that begins after this call; return whether it succeeded.
+
+        Everything committed before the call is then synchronised (unless it failed).
+        """
+        with self._done:
+            wanted = self._started + 1
+            self._wake.set()
+            while self._finished < wanted and self._failure is None:
+                self._done.wait()
+            self.check()
+            return self._last_ok
+
+    def close(self) -> None:
+        """Let the thread finish its current drain (if any), then stop it and wait."""
+        with self._done:
+            self._closing = True
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
 def _loop(
     consumer: Consumer,
     processor: BatchProcessor,
@@ -269,15 +347,37 @@ def _loop(
     progress: _Progress,
     stop: threading.Event,
 ) -> None:
+    if processor.search is None:
+        _consume(consumer, processor, options, progress, stop, sync=None)
+        return
+    sync = _SearchSync(processor, options.search_sync_interval)
+    sync.start()
+    try:
+        _consume(consumer, processor, options, progress, stop, sync=sync)
+    finally:
+        sync.close()
+    sync.check()
+
+
+def _consume(
+    consumer: Consumer,
+    processor: BatchProcessor,
+    options: ConsumerOptions,
+    progress: _Progress,
+    stop: threading.Event,
+    *,
+    sync: _SearchSync | None,
+) -> None:
     last_message = time.monotonic()
-    last_sync = 0.0
     failures = 0
     while not stop.is_set():
+        if sync is not None:
+            sync.check()
         messages = consumer.consume(options.batch_size, options.poll_timeout)
         batch = [m for m in messages if not _is_error(m)]
         if not batch:
             progress.maybe_log(consumer)
-            synced = _sync_when_idle(processor)
+            synced = sync.drain_now() if sync is not None else True
             idle = time.monotonic() - last_message
             if synced and _caught_up(
                 consumer, idle, options.exit_when_idle, options.session_timeout
@@ -299,15 +399,9 @@ def _loop(
         _commit(consumer, batch)
         progress.total.add(report)
         progress.maybe_log(consumer)
-        if time.monotonic() - last_sync >= options.search_sync_interval:
-            # Session documents follow the committed rows through the durable outbox, so
-            # they need not hold up the offsets; syncing every few seconds writes each
-            # active session's latest state once instead of once per batch.
-            _sync_when_idle(processor)
-            last_sync = time.monotonic()
 
 
-def _sync_when_idle(processor: BatchProcessor) -> bool:
+def _sync(processor: BatchProcessor) -> bool:
     """Drain the search outbox (session documents); False if OpenSearch is unavailable."""
     try:
         processor.sync_search()
@@ -344,9 +438,12 @@ def _commit(consumer: Consumer, batch: Sequence[Message]) -> None:
     try:
         consumer.commit(offsets=_offsets(batch), asynchronous=False)
     except KafkaException as exc:
-        # Partitions moved to another consumer meanwhile: it re-reads from the last committed
-        # offset, and the sinks ignore what this consumer already stored.
+        # A rebalance meanwhile: partitions that moved to another consumer are re-read there
+        # from the last committed offset. Partitions this consumer keeps (cooperative
+        # rebalancing keeps most) are re-read here: without the rewind their offsets would
+        # stay uncommitted until the next message arrived. The sinks ignore what is stored.
         _log.warning("offset commit failed (%s); the batch will be redelivered", exc)
+        _rewind(consumer, batch)
 
 
 def _parser() -> argparse.ArgumentParser:

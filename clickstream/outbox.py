@@ -8,38 +8,81 @@ document equal to the ``sessions`` row — indexed when the row exists, deleted 
 and removes the id from the queue. What OpenSearch shows is always derived from committed SQL
 state; a document of a transaction that rolled back can never linger.
 
-Draining is idempotent and safe with several consumers: PostgreSQL hands each queued row to one
-drainer at a time (``FOR UPDATE SKIP LOCKED``), and a row re-enqueued meanwhile keeps its place
-(its ``version`` moved on), so the newer state is synchronised by the next drain.
+Draining is idempotent and safe with several consumers. Each queued row carries a ``version``
+that every re-enqueue increments, and a drain removes a row only at the version it read, so an
+id re-enqueued meanwhile stays queued and its newer state is synchronised by the next drain.
+Drainers exclude each other, so an older state can never overwrite a newer one in OpenSearch:
+
+* on PostgreSQL, one drain transaction at a time holds a transaction-scoped advisory lock (the
+  two-key space, apart from the store's per-visitor locks); a drain that does not get it returns
+  at once, since another drainer is at work. The drainer does not lock queued rows while it
+  writes to OpenSearch, so a consumer's batch that re-enqueues a session never waits for it;
+  the removal skips rows such a batch has locked (they are about to get a new version anyway).
+* on other databases (SQLite, for tests) drainers do not exclude each other: run one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+import json
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, delete, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, delete, select, text, tuple_
+from sqlalchemy.dialects import sqlite
 
 from clickstream.db.models import search_outbox_table, sessions_table
+from clickstream.search.documents import session_json_sql
 
-__all__ = ["drain", "enqueue", "pending"]
+__all__ = ["Document", "drain", "enqueue", "pending"]
 
 _DRAIN_BATCH: Final = 2000
+
+Document = str | dict[str, Any]
+"""A session's document as the drain hands it over: JSON text (PostgreSQL renders it) or the
+``sessions`` row (other databases) for the sink to convert."""
+
+# Ids travel as one JSON array parameter: encoded in C, where a text[] parameter of a few
+# thousand ids costs psycopg a Python-level quoting pass per element.
+_PG_ENQUEUE: Final = text(
+    "INSERT INTO search_outbox (session_id)"
+    " SELECT session_id FROM json_array_elements_text(CAST(:ids AS json))"
+    " WITH ORDINALITY AS q(session_id, n) ORDER BY n"
+    " ON CONFLICT (session_id) DO UPDATE"
+    " SET version = search_outbox.version + 1, enqueued_at = excluded.enqueued_at"
+)
+_PG_DRAIN_LOCK: Final = text("SELECT pg_try_advisory_xact_lock(:space, :key)")
+_DRAIN_LOCK_KEYS: Final = {"space": 0x636C6B73, "key": 0x6F757462}  # "clks", "outb"
+_PG_DOCUMENTS: Final = text(
+    f"SELECT s.session_id, {session_json_sql([c.name for c in sessions_table.columns], alias='s')}"
+    " FROM sessions s"
+    " WHERE s.session_id IN (SELECT json_array_elements_text(CAST(:ids AS json)))"
+)
+_PG_REMOVE: Final = text(
+    "DELETE FROM search_outbox WHERE session_id IN ("
+    " SELECT o.session_id FROM search_outbox o"
+    " JOIN ROWS FROM (json_array_elements_text(CAST(:ids AS json)),"
+    " json_array_elements_text(CAST(:versions AS json))) AS d(session_id, version)"
+    " ON o.session_id = d.session_id AND o.version = d.version::bigint"
+    " FOR UPDATE OF o SKIP LOCKED)"
+)
 
 
 def enqueue(conn: Connection, session_ids: Collection[str]) -> None:
     """Queue session ids for synchronisation, inside the caller's transaction."""
     if not session_ids:
         return
+    # Sorted: concurrent transactions touch shared rows in the same order (no deadlock).
+    ids = sorted(set(session_ids))
+    if conn.dialect.name == "postgresql":
+        conn.execute(_PG_ENQUEUE, {"ids": json.dumps(ids)})
+        return
     table = search_outbox_table
-    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+    insert = sqlite.insert(table)
     statement = insert.on_conflict_do_update(
         index_elements=[table.c.session_id],
         set_={"version": table.c.version + 1, "enqueued_at": insert.excluded.enqueued_at},
     )
-    # Sorted: concurrent transactions touch shared rows in the same order (no deadlock).
-    conn.execute(statement, [{"session_id": sid} for sid in sorted(set(session_ids))])
+    conn.execute(statement, [{"session_id": sid} for sid in ids])
 
 
 def pending(conn: Connection) -> int:
@@ -49,57 +92,77 @@ def pending(conn: Connection) -> int:
 
 def drain(
     engine: Engine,
-    upsert_sessions: Callable[[Sequence[dict[str, Any]], Sequence[str]], Sequence[Any]],
+    upsert_documents: Callable[[Mapping[str, Document], Sequence[str]], Sequence[Any]],
     *,
-    row_to_document: Callable[[dict[str, Any]], dict[str, Any]],
-    on_rejected: Callable[[Sequence[Any], dict[str, dict[str, Any]]], None],
+    on_rejected: Callable[[Sequence[Any], Mapping[str, Document]], None],
     batch_size: int = _DRAIN_BATCH,
 ) -> int:
     """Synchronise queued sessions with OpenSearch; returns how many ids were drained.
 
-    ``upsert_sessions(documents, deleted_ids)`` writes to OpenSearch and returns the
-    rejections (objects with ``doc_id``, ``reason``, ``detail``); ``on_rejected`` receives
-    them with the documents by id before their ids leave the queue (to dead-letter them).
+    ``upsert_documents(documents, deleted_ids)`` writes the documents (by ``session_id``) to
+    OpenSearch, deletes the others, and returns the rejections (objects with ``doc_id``,
+    ``reason``, ``detail``); ``on_rejected`` receives them with the documents before their ids
+    leave the queue (to dead-letter them). A document is the committed row's JSON text on
+    PostgreSQL and the row itself elsewhere (see :data:`Document`).
 
     Raises:
         TransientError: from the sink; the ids stay queued for the next drain.
     """
     total = 0
+    postgres = engine.dialect.name == "postgresql"
     while True:
         with engine.begin() as conn:
-            queued = _claim(conn, batch_size)
+            if postgres and not conn.execute(_PG_DRAIN_LOCK, _DRAIN_LOCK_KEYS).scalar():
+                return total  # another drainer is at work, and drains what is queued
+            queued = _claim(conn, batch_size, lock_rows=not postgres)
             if not queued:
                 return total
             ids = [session_id for session_id, _ in queued]
-            rows = {
-                row["session_id"]: row
-                for row in (
-                    dict(r._mapping)
-                    for r in conn.execute(
-                        select(sessions_table).where(sessions_table.c.session_id.in_(ids))
-                    )
-                )
-            }
-            documents = {sid: row_to_document(row) for sid, row in rows.items()}
-            gone = [sid for sid in ids if sid not in rows]
-            rejected = upsert_sessions(list(documents.values()), gone)
+            # A statement after the claim (read committed: a newer snapshot): each session
+            # row is at least as new as the version claimed for it.
+            documents = _pg_documents(conn, ids) if postgres else _rows(conn, ids)
+            gone = [sid for sid in ids if sid not in documents]
+            rejected = upsert_documents(documents, gone)
             if rejected:
                 on_rejected(rejected, documents)
-            table = search_outbox_table
-            conn.execute(
-                delete(table).where(tuple_(table.c.session_id, table.c.version).in_(queued))
-            )
+            _remove(conn, queued, postgres=postgres)
             total += len(queued)
             if len(queued) < batch_size:
                 return total
 
 
-def _claim(conn: Connection, limit: int) -> list[tuple[str, int]]:
+def _claim(conn: Connection, limit: int, *, lock_rows: bool) -> list[tuple[str, int]]:
     table = search_outbox_table
     statement = (
         select(table.c.session_id, table.c.version)
         .order_by(table.c.enqueued_at, table.c.session_id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
     )
-    return [(row[0], int(row[1])) for row in conn.execute(statement)]
+    if lock_rows:
+        statement = statement.with_for_update(skip_locked=True)
+    return [(row[0], int(row[1])) for row in conn.execute(statement).all()]
+
+
+def _pg_documents(conn: Connection, ids: Sequence[str]) -> dict[str, Document]:
+    rows = conn.execute(_PG_DOCUMENTS, {"ids": json.dumps(ids)}).all()
+    return {row[0]: row[1] for row in rows}
+
+
+def _rows(conn: Connection, ids: Sequence[str]) -> dict[str, Document]:
+    statement = select(sessions_table).where(sessions_table.c.session_id.in_(ids))
+    return {row["session_id"]: dict(row) for row in conn.execute(statement).mappings()}
+
+
+def _remove(conn: Connection, queued: Sequence[tuple[str, int]], *, postgres: bool) -> None:
+    # Only the versions this drain synchronised: an id re-enqueued meanwhile stays queued.
+    # On PostgreSQL a row that a batch is re-enqueueing right now is locked by it: skipped,
+    # not waited for, so a drain never waits for a batch (nor the other way round, but for
+    # the moment between this statement and the commit). It gets a new version, or, if the
+    # batch rolls back, is synchronised once more by the next drain.
+    if postgres:
+        ids = json.dumps([session_id for session_id, _ in queued])
+        versions = json.dumps([version for _, version in queued])
+        conn.execute(_PG_REMOVE, {"ids": ids, "versions": versions})
+        return
+    table = search_outbox_table
+    conn.execute(delete(table).where(tuple_(table.c.session_id, table.c.version).in_(queued)))

@@ -9,8 +9,9 @@ The order of effects makes redelivery harmless (exactly-once *effect*):
 4. send dead letters (including events OpenSearch rejected) and wait for Kafka's ack;
 5. commit the SQL transaction;
 6. the caller commits the Kafka offsets;
-7. every few seconds (and when idle) the caller drains the outbox: each queued session's
-   document is made equal to its committed row, the latest state once per interval.
+7. every few seconds (and when idle) the caller drains the outbox, in a thread of its own
+   beside the loop: each queued session's document is made equal to its committed row, the
+   latest state once per interval.
 
 A failure before 5 rolls everything back in SQL and the batch is retried; an event indexed by
 the failed attempt is the same event the retry stores (the same first copy of its partition),
@@ -97,10 +98,10 @@ class Rejection(Protocol):
 class SearchIndex(Protocol):
     """The OpenSearch sink as the pipeline sees it (idempotent by document id)."""
 
-    def index_events(self, events: Sequence[Mapping[str, Any]]) -> Sequence[Rejection]: ...
+    def index_click_events(self, events: Sequence[ClickEvent]) -> Sequence[Rejection]: ...
 
-    def upsert_sessions(
-        self, sessions: Sequence[Mapping[str, Any]], deleted_session_ids: Sequence[str]
+    def upsert_session_documents(
+        self, documents: Mapping[str, outbox.Document], deleted_session_ids: Sequence[str]
     ) -> Sequence[Rejection]: ...
 
 
@@ -146,14 +147,6 @@ def _dead_letter(message: IncomingMessage, reason: str, detail: str) -> DeadLett
         source_partition=message.partition() or 0,
         source_offset=message.offset() or 0,
     )
-
-
-def _event_document(event: ClickEvent) -> dict[str, Any]:
-    return event.model_dump(mode="json")
-
-
-def _session_document(row: Mapping[str, Any]) -> dict[str, Any]:
-    return dict(row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +254,7 @@ class BatchProcessor:
         try:
             return outbox.drain(
                 self.engine,
-                self.search.upsert_sessions,
-                row_to_document=_session_document,
+                self.search.upsert_session_documents,
                 on_rejected=self._dead_letter_sessions,
             )
         except DBAPIError as exc:
@@ -272,16 +264,21 @@ class BatchProcessor:
             raise
 
     def _dead_letter_sessions(
-        self, rejected: Sequence[Rejection], documents: Mapping[str, Mapping[str, Any]]
+        self, rejected: Sequence[Rejection], documents: Mapping[str, outbox.Document]
     ) -> None:
         letters = []
         for rejection in rejected:
             document = documents.get(rejection.doc_id, {"session_id": rejection.doc_id})
-            user = document.get("user_id")
+            if isinstance(document, str):  # the JSON text PostgreSQL rendered
+                value = document.encode()
+                user = _user_of(document)
+            else:
+                value = json.dumps(document, default=str).encode()
+                user = document.get("user_id")
             letters.append(
                 DeadLetter(
                     key=str(user).encode() if user else None,
-                    value=json.dumps(document, default=str).encode(),
+                    value=value,
                     reason=rejection.reason,
                     detail=f"opensearch rejected session document: {rejection.detail}",
                     source_topic="sessions",
@@ -290,6 +287,14 @@ class BatchProcessor:
                 )
             )
         self.dead_letters.send(letters)
+
+
+def _user_of(document: str) -> Any:
+    try:
+        parsed = json.loads(document)
+    except ValueError:
+        return None
+    return parsed.get("user_id") if isinstance(parsed, dict) else None
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:
@@ -302,7 +307,7 @@ def _index_events(
     letters: list[DeadLetter] = []
     if not outcome.new_events:
         return letters
-    for rejection in search.index_events([_event_document(e) for e in outcome.new_events]):
+    for rejection in search.index_click_events(outcome.new_events):
         source = sources.get(rejection.doc_id)
         if source is not None:
             letters.append(

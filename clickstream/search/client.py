@@ -16,9 +16,17 @@ from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 
 from clickstream.errors import ClickstreamError, ConfigError, SinkError, TransientError
 
-__all__ = ["DEFAULT_TIMEOUT_SECONDS", "make_client", "redact_url", "translate_error"]
+__all__ = [
+    "DEFAULT_TIMEOUT_SECONDS",
+    "POOL_MAXSIZE",
+    "make_client",
+    "redact_url",
+    "translate_error",
+]
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
+POOL_MAXSIZE = 4
+"""Connections kept open to OpenSearch (urllib3 keeps one by default)."""
 
 
 def redact_url(url: str) -> str:
@@ -35,7 +43,8 @@ def make_client(url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> OpenSe
     percent-encoded) or plain ``http://host:port`` for a local node; a path becomes the URL
     prefix. HTTPS verifies certificates against the bundled CA store. Requests time out after
     ``timeout`` seconds, and the client itself does not retry: callers decide (the sink retries
-    with backoff, setup reports a :class:`~clickstream.errors.TransientError`).
+    with backoff, setup reports a :class:`~clickstream.errors.TransientError`). Up to
+    :data:`POOL_MAXSIZE` connections stay open, so threads sharing the client reuse them.
 
     Raises:
         ConfigError: the URL is not an http(s) URL with a host, or its port is invalid.
@@ -72,6 +81,9 @@ def make_client(url: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> OpenSe
         timeout=timeout,
         max_retries=0,
         retry_on_timeout=False,
+        # The consumer writes from two threads (batches, and the search outbox's drainer):
+        # keep a connection for each instead of opening and discarding one per request.
+        pool_maxsize=POOL_MAXSIZE,
     )
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -11,8 +12,10 @@ import pytest
 from opensearchpy import OpenSearch
 
 from clickstream.errors import SinkError
+from clickstream.events import decode_event
 from clickstream.search import SearchSink, ensure_search_setup, make_client, prune_sessions
 from clickstream.search.__main__ import main
+from clickstream.search.documents import dumps, session_document
 from clickstream.search.indices import mapping_properties
 from clickstream.search.lifecycle import apply_ism_policy
 
@@ -237,3 +240,52 @@ def test_prune_sessions(client: OpenSearch, prefix: str) -> None:
     assert prune_sessions(client, prefix=prefix, older_than=cutoff) == 1
     assert _ids(client, f"{prefix}-sessions") == {"edge", "new"}
     assert prune_sessions(client, prefix=prefix, older_than=cutoff) == 0
+
+
+def test_fast_paths_store_the_same_documents(client: OpenSearch, prefix: str) -> None:
+    # The consumer's paths (validated events; session rows rendered as JSON text) store the
+    # same _source as the generic row paths.
+    now = datetime(2024, 5, 3, tzinfo=UTC)
+    raw = {
+        "event_id": "7d9f1c2e-3b4a-4c5d-8e6f-0a1b2c3d4e5f",
+        "event_type": "purchase",
+        "occurred_at": "2024-05-01T23:30:00-02:00",  # 2024-05-02 in UTC
+        "user_id": "u-1",
+        "page_url": "https://shop.example/",
+        "page_type": "confirmation",
+        "device_type": "mobile",
+        "latitude": 47.37,
+        "longitude": 8.54,
+        "city": "Zürich",
+        "order_id": "o-1",
+        "revenue": 12.3,
+        "currency": "CHF",
+    }
+    fast = decode_event(json.dumps(raw).encode(), now=now, future_tolerance=timedelta(0))
+    slow = decode_event(
+        json.dumps(raw | {"event_id": "8d9f1c2e-3b4a-4c5d-8e6f-0a1b2c3d4e5f"}).encode(),
+        now=now,
+        future_tolerance=timedelta(0),
+    )
+    sink = SearchSink(client, prefix)
+    assert sink.index_click_events([fast]) == []
+    assert sink.index_events([slow.model_dump(mode="json")]) == []
+    day = f"{prefix}-events-2024.05.02"
+    fast_doc = client.get(index=day, id=fast.event_id)["_source"]
+    slow_doc = client.get(index=day, id=slow.event_id)["_source"]
+    assert fast_doc == slow_doc | {"event_id": fast.event_id}
+    assert fast_doc["location"] == {"lat": 47.37, "lon": 8.54}
+    assert sink.index_click_events([fast]) == []  # a redelivery: 409, done
+    assert _counts(client, f"{prefix}-events-*") == {day: 2}
+
+    row = _session("s-1", city="Zürich", revenue=Decimal("12.30"))
+    text = dumps(session_document(row)[1])
+    assert sink.upsert_session_documents({"s-1": text, "s-2": _session("s-2")}, ["s-3"]) == []
+    alias = f"{prefix}-sessions"
+    assert client.get(index=alias, id="s-1")["_source"] == session_document(row)[1]
+    assert client.get(index=alias, id="s-2")["_source"] == session_document(_session("s-2"))[1]
+    rejected = sink.upsert_session_documents(
+        {"s-bad": text.replace('"event_count":1', '"event_count":"many"')}, ["s-1"]
+    )
+    assert [r.doc_id for r in rejected] == ["s-bad"]
+    assert _ids(client, alias) == {"s-2"}

@@ -7,6 +7,7 @@ orchestration: what is committed when a sink fails, what is dead-lettered and wi
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,9 +17,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from clickstream.consume import _SearchSync
 from clickstream.db import make_engine
 from clickstream.db.migrate import upgrade
-from clickstream.errors import TransientError
+from clickstream.errors import SinkError, TransientError
+from clickstream.events import ClickEvent
 from clickstream.pipeline import BatchProcessor, DeadLetter
 from clickstream.store import SessionRules
 
@@ -73,27 +76,31 @@ class Index:
     fail: bool = False
     fail_sessions: bool = False
 
-    def index_events(self, events: Sequence[Mapping[str, Any]]) -> list[Rejected]:
+    def index_click_events(self, events: Sequence[ClickEvent]) -> list[Rejected]:
         if self.fail:
             raise TransientError("search unavailable")
         out = []
-        for doc in events:
-            if doc["event_id"] in self.reject:
-                out.append(Rejected(doc["event_id"], "search_rejected", "mapper_parsing_exception"))
+        for item in events:
+            if item.event_id in self.reject:
+                out.append(Rejected(item.event_id, "search_rejected", "mapper_parsing_exception"))
             else:
-                self.events.setdefault(doc["event_id"], doc)
+                self.events.setdefault(item.event_id, item.model_dump(mode="json"))
         return out
 
-    def upsert_sessions(
-        self, sessions: Sequence[Mapping[str, Any]], deleted_session_ids: Sequence[str]
+    def upsert_session_documents(
+        self, documents: Mapping[str, str | Mapping[str, Any]], deleted_session_ids: Sequence[str]
     ) -> list[Rejected]:
         if self.fail or self.fail_sessions:
             raise TransientError("search unavailable")
         for session_id in deleted_session_ids:
             self.sessions.pop(session_id, None)
-        for doc in sessions:
-            self.sessions[doc["session_id"]] = doc
-        return []
+        out = []
+        for session_id, doc in documents.items():
+            if session_id in self.reject:
+                out.append(Rejected(session_id, "search_rejected", "mapper_parsing_exception"))
+            else:
+                self.sessions[session_id] = json.loads(doc) if isinstance(doc, str) else doc
+        return out
 
 
 def event(n: int, minute: int, **extra: Any) -> bytes:
@@ -273,3 +280,97 @@ def test_rows_the_database_refuses_are_dead_lettered_one_by_one(engine) -> None:
     assert (letter.reason, letter.value, letter.source_offset) == ("rejected_by_sink", poison, 2)
     assert "refused" in letter.detail
     assert count(engine, "events") == 2
+
+
+def test_a_session_document_the_search_sink_rejects_is_dead_lettered(engine) -> None:
+    letters, index = Letters(), Index()
+    run = processor(engine, letters, index)
+    run.process([Message(event(1, 0), 1), Message(event(2, 1), 2)])
+    (session_id,) = session_ids(engine)
+    index.reject = {session_id}
+    assert run.sync_search() == 1
+    assert index.sessions == {}
+    assert count(engine, "search_outbox") == 0  # refused for good: not retried forever
+    (letter,) = letters.sent
+    assert (letter.reason, letter.key, letter.source_topic) == (
+        "search_rejected",
+        b"visitor",
+        "sessions",
+    )
+    assert "opensearch rejected session document" in letter.detail
+    document = json.loads(letter.value or b"")
+    assert (document["session_id"], document["event_count"]) == (session_id, 2)
+
+
+# -- the consumer's background drainer (clickstream.consume._SearchSync) ---------------------
+
+
+@dataclass
+class Drains:
+    """A processor whose sync_search counts calls and fails as told."""
+
+    outcomes: list[BaseException | None] = field(default_factory=list)
+    calls: int = 0
+    running: int = 0
+    most_at_once: int = 0
+    entered: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def sync_search(self) -> int:
+        self.entered.set()
+        self.calls += 1
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            self.release.wait()
+            outcome = self.outcomes.pop(0) if self.outcomes else None
+            if outcome is not None:
+                raise outcome
+            return 0
+        finally:
+            self.running -= 1
+
+
+def test_the_drainer_drains_on_request_and_reports_transient_failures() -> None:
+    drains = Drains(outcomes=[None, TransientError("opensearch down"), None])
+    sync = _SearchSync(drains, interval=3600)  # type: ignore[arg-type]
+    sync.start()
+    try:
+        drains.entered.wait()  # the start-up drain is under way (and waits for release)
+        results = []
+        requester = threading.Thread(target=lambda: results.append(sync.drain_now()))
+        requester.start()
+        drains.release.set()
+        requester.join()
+        # Not the start-up drain's result: a drain that began after the request.
+        assert results == [False]
+        assert sync.drain_now() is True
+    finally:
+        sync.close()
+    assert drains.calls == 3
+    assert drains.most_at_once == 1
+    sync.check()  # transient failures do not stop the drainer
+
+
+def test_close_lets_the_current_drain_finish_and_stops_the_drainer() -> None:
+    drains = Drains()
+    sync = _SearchSync(drains, interval=3600)  # type: ignore[arg-type]
+    sync.start()
+    closer = threading.Thread(target=sync.close)
+    closer.start()
+    drains.release.set()  # the start-up drain was waiting; it completes, then the thread ends
+    closer.join()
+    assert drains.calls == 1
+    assert drains.running == 0
+
+
+def test_a_fatal_drain_error_reaches_the_loop() -> None:
+    drains = Drains(outcomes=[SinkError("missing alias")])
+    drains.release.set()
+    sync = _SearchSync(drains, interval=3600)  # type: ignore[arg-type]
+    sync.start()
+    with pytest.raises(SinkError, match="missing alias"):
+        sync.drain_now()
+    with pytest.raises(SinkError):
+        sync.check()
+    sync.close()

@@ -28,6 +28,8 @@ def test_plain_local_http_url() -> None:
     assert conn.host == "http://127.0.0.1:19200"
     assert conn.use_ssl is False
     assert "authorization" not in conn.headers
+    # The consumer's two writing threads each keep a connection open.
+    assert conn.pool.pool.maxsize == 4
 
 
 def test_default_ports_and_path_prefix() -> None:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
 
 from clickstream.errors import TransientError
 from clickstream.search.client import make_client
-from clickstream.search.sink import REJECTED_REASON, SearchSink, classify_item, describe_error
+from clickstream.search.sink import (
+    REJECTED_REASON,
+    SearchSink,
+    _action,
+    classify_item,
+    describe_error,
+)
 
 MAPPING_ERROR = {
     "type": "mapper_parsing_exception",
@@ -90,3 +97,30 @@ def test_sink_arguments_are_checked() -> None:
     client = make_client("http://127.0.0.1:9200")
     with pytest.raises(ValueError, match="positive"):
         SearchSink(client, "test", max_attempts=0)
+
+
+def test_actions_are_ndjson_lines_that_escape_ids() -> None:
+    head, source = _action("create", "p-events-2024.05.01", 'e"1\\ü', '{"a":1}').lines.split(b"\n")[
+        :2
+    ]
+    assert json.loads(head) == {"create": {"_index": "p-events-2024.05.01", "_id": 'e"1\\ü'}}
+    assert source == b'{"a":1}'
+    delete = _action("delete", "p-sessions", "s-1", None, require_alias=True)
+    assert delete.lines == b'{"delete":{"_index":"p-sessions","_id":"s-1","require_alias":true}}\n'
+
+
+def test_requests_are_cut_by_count_and_by_bytes() -> None:
+    client = make_client("http://127.0.0.1:9200")
+    actions = [_action("delete", "i", f"{n:03d}", None) for n in range(7)]
+    size = len(actions[0].lines)  # every line has the same length here
+
+    def cut(**limits: int) -> list[int]:
+        sink = SearchSink(client, "test", **limits)
+        return [len(chunk) for chunk in sink._chunks(actions)]
+
+    assert cut(chunk_size=3) == [3, 3, 1]
+    assert cut(chunk_size=100, max_chunk_bytes=2 * size) == [2, 2, 2, 1]
+    assert cut(chunk_size=100, max_chunk_bytes=2 * size + 1) == [2, 2, 2, 1]
+    # One action larger than the byte limit still goes, alone.
+    assert cut(chunk_size=100, max_chunk_bytes=1) == [1] * 7
+    assert cut(chunk_size=2000) == [7]

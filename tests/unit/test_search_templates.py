@@ -115,8 +115,10 @@ def test_index_template_renders_prefix_shards_and_replicas() -> None:
     assert events["template"]["settings"]["index"] == {
         "number_of_shards": 3,
         "number_of_replicas": 2,
+        "refresh_interval": "5s",  # write-heavy: fewer refreshes (docs/opensearch.md)
     }
     sessions = indices.index_template("sessions", prefix="shop")
+    assert sessions["template"]["settings"]["index"]["refresh_interval"] == "5s"
     assert sessions["index_patterns"] == ["shop-sessions-*"]
     # The sessions alias is created with is_write_index by setup, not by the template.
     assert "aliases" not in sessions["template"]
