@@ -800,6 +800,7 @@ class LatencyFigure:
     to_offsets: Spread
     load_1m: float
     consumer_summary: str
+    processes: int = 1
 
 
 def _latency(
@@ -810,6 +811,7 @@ def _latency(
     seconds: float,
     batch_size: int,
     partitions: int,
+    processes: int = 1,
 ) -> LatencyFigure:
     with ExitStack() as resources:
         topics = resources.enter_context(fresh_topics(stack.bootstrap, partitions=partitions))
@@ -824,26 +826,31 @@ def _latency(
             _CommitWatcher(stack.bootstrap, settings.consumer_group, topics.events, partitions)
         )
         resources.callback(timeline.close)
-        consumer = _ConsumerProcess(settings, batch_size=batch_size, opensearch=bool(prefix))
+        consumers = [
+            _ConsumerProcess(settings, batch_size=batch_size, opensearch=bool(prefix))
+            for _ in range(processes)
+        ]
         try:
-            consumer.wait_assigned(timeout=120)
+            for consumer in consumers:
+                consumer.wait_assigned(timeout=120)
+            _wait_group_settled(consumers)
             load = load_average()[0]
             producer = _PacedProducer(settings, topics.events, rate=rate, record=True, seed=5)
             producer.run(seconds)
             produced_at = time.perf_counter()
             deadline = produced_at + 600
-            while time.perf_counter() < deadline and consumer.alive():
+            while time.perf_counter() < deadline and all(c.alive() for c in consumers):
                 if min(listener.rows, timeline.committed) >= producer.delivered:
                     break
                 time.sleep(0.05)
             drain = time.perf_counter() - produced_at
             time.sleep(0.1)  # one more sample of the offsets
         finally:
-            summary = consumer.stop()
+            summary = "\n".join(consumer.stop() for consumer in consumers)
         if listener.rows < producer.delivered:
             msg = (
                 f"only {listener.rows} of {producer.delivered} events were committed; "
-                "consumer log:\n" + "\n".join(consumer.log)
+                "consumer log:\n" + "\n".join(line for c in consumers for line in c.log)
             )
             raise RuntimeError(msg)
     to_postgres: list[float] = []
@@ -864,7 +871,18 @@ def _latency(
         to_offsets=Spread.of(to_offsets),
         load_1m=load,
         consumer_summary=summary,
+        processes=processes,
     )
+
+
+def _wait_group_settled(consumers: Sequence[_ConsumerProcess], quiet: float = 3.0) -> None:
+    """Wait until no process changed its assignment for ``quiet`` seconds (at most 60 s)."""
+    deadline = time.perf_counter() + 60
+    while time.perf_counter() < deadline:
+        last = max(c.last_change or 0.0 for c in consumers)
+        if time.perf_counter() - last >= quiet:
+            return
+        time.sleep(0.1)
 
 
 @dataclass(slots=True)
@@ -1209,7 +1227,8 @@ def _print_throughput(result: Throughput) -> None:
 def _print_latency(figure: LatencyFigure) -> None:
     print(
         f"\nlatency, {figure.produced:,} events offered at {figure.offered_rate:,.0f}/s for "
-        f"{figure.seconds:.0f} s (load(1m) {figure.load_1m:.2f}); caught up "
+        f"{figure.seconds:.0f} s to {figure.processes} consumer process"
+        f"{'es' if figure.processes > 1 else ''} (load(1m) {figure.load_1m:.2f}); caught up "
         f"{figure.drain_seconds:.1f} s after the last send"
     )
     for name, spread in (
@@ -1338,6 +1357,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-rate", type=float, default=5000.0, help="offered events/s")
     parser.add_argument("--latency-seconds", type=float, default=60.0, help="offering time")
     parser.add_argument(
+        "--latency-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="consumer processes in the group for the latency scenario (default 1)",
+    )
+    parser.add_argument(
         "--soak-minutes", type=float, metavar="M", help="run the memory soak for M minutes"
     )
     parser.add_argument(
@@ -1407,6 +1433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             client,
             rate=args.latency_rate,
             seconds=args.latency_seconds,
+            processes=args.latency_processes,
             batch_size=args.batch_size,
             partitions=args.partitions,
         )
