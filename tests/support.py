@@ -456,3 +456,33 @@ def wait_until(predicate: Any, *, timeout: float, interval: float = 0.2, what: s
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def sample_session_row(session_id: str, **fields: Any) -> dict[str, Any]:
+    """A valid ``sessions`` row (a one-event bounce of 2024-05-01) with ``fields`` replaced."""
+    row: dict[str, Any] = {
+        "session_id": session_id,
+        "user_id": "u-1",
+        "started_at": datetime(2024, 5, 1, 9, 0, tzinfo=UTC),
+        "ended_at": datetime(2024, 5, 1, 9, 0, tzinfo=UTC),
+        "duration_seconds": 0.0,
+        "event_count": 1,
+        "page_views": 1,
+        "purchases": 0,
+        "revenue": Decimal("0.00"),
+        "converted": False,
+        "bounced": True,
+        "entry_page": "https://shop.example/",
+        "exit_page": "https://shop.example/",
+        "conversion_path": None,
+        "traffic_source": "direct",
+        "device_type": "desktop",
+        "os": None,
+        "browser": None,
+        "country": None,
+        "city": None,
+        "funnel_step": 0,
+        "updated_at": datetime(2024, 5, 3, tzinfo=UTC),
+    }
+    row.update(fields)
+    return row

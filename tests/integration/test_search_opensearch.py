@@ -18,6 +18,7 @@ from clickstream.search.__main__ import main
 from clickstream.search.documents import dumps, session_document
 from clickstream.search.indices import mapping_properties
 from clickstream.search.lifecycle import apply_ism_policy
+from tests.support import sample_session_row
 
 
 @pytest.fixture
@@ -41,34 +42,6 @@ def _event(event_id: str, occurred_at: str, **fields: Any) -> dict[str, Any]:
         "page_type": "home",
         "device_type": "desktop",
         "ingested_at": datetime(2024, 5, 3, tzinfo=UTC),
-    }
-    row.update(fields)
-    return row
-
-
-def _session(session_id: str, **fields: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "session_id": session_id,
-        "user_id": "u-1",
-        "started_at": datetime(2024, 5, 1, 9, 0, tzinfo=UTC),
-        "ended_at": datetime(2024, 5, 1, 9, 0, tzinfo=UTC),
-        "duration_seconds": 0.0,
-        "event_count": 1,
-        "page_views": 1,
-        "purchases": 0,
-        "revenue": Decimal("0.00"),
-        "converted": False,
-        "bounced": True,
-        "entry_page": "https://shop.example/",
-        "exit_page": "https://shop.example/",
-        "conversion_path": None,
-        "traffic_source": "direct",
-        "device_type": "desktop",
-        "os": None,
-        "browser": None,
-        "country": None,
-        "city": None,
-        "updated_at": datetime(2024, 5, 3, tzinfo=UTC),
     }
     row.update(fields)
     return row
@@ -183,7 +156,9 @@ def test_mapping_rejections_are_returned_and_the_rest_is_indexed(
     assert "revenue" in by_id["bad-rev"].detail
     assert _ids(client, f"{prefix}-events") == {"good"}
 
-    rejected = sink.upsert_sessions([_session("s-ok"), _session("s-bad", event_count="many")], [])
+    rejected = sink.upsert_sessions(
+        [sample_session_row("s-ok"), sample_session_row("s-bad", event_count="many")], []
+    )
     assert [r.doc_id for r in rejected] == ["s-bad"]
     assert "event_count" in rejected[0].detail
 
@@ -191,12 +166,17 @@ def test_mapping_rejections_are_returned_and_the_rest_is_indexed(
 def test_session_upsert_replace_and_delete(client: OpenSearch, prefix: str) -> None:
     sink = SearchSink(client, prefix)
     alias = f"{prefix}-sessions"
-    assert sink.upsert_sessions([_session("s-1"), _session("s-2"), _session("s-3")], []) == []
+    assert (
+        sink.upsert_sessions(
+            [sample_session_row("s-1"), sample_session_row("s-2"), sample_session_row("s-3")], []
+        )
+        == []
+    )
     assert _ids(client, alias) == {"s-1", "s-2", "s-3"}
 
     # A late event extends s-1 and merges s-2 into it; s-3 is both superseded and re-written
     # in this batch (the row wins); s-404 never existed.
-    extended = _session(
+    extended = sample_session_row(
         "s-1",
         ended_at=datetime(2024, 5, 1, 9, 20, tzinfo=UTC),
         duration_seconds=1200.0,
@@ -206,7 +186,9 @@ def test_session_upsert_replace_and_delete(client: OpenSearch, prefix: str) -> N
         longitude=2.35,
         funnel_step=2,
     )
-    assert sink.upsert_sessions([extended, _session("s-3")], ["s-2", "s-3", "s-404"]) == []
+    assert (
+        sink.upsert_sessions([extended, sample_session_row("s-3")], ["s-2", "s-3", "s-404"]) == []
+    )
     assert _ids(client, alias) == {"s-1", "s-3"}
     doc = client.get(index=alias, id="s-1")["_source"]
     assert (doc["event_count"], doc["bounced"], doc["duration_seconds"]) == (3, False, 1200.0)
@@ -214,7 +196,9 @@ def test_session_upsert_replace_and_delete(client: OpenSearch, prefix: str) -> N
     assert doc["ended_at"] == "2024-05-01T09:20:00Z"
 
     # Repeating the same call changes nothing.
-    assert sink.upsert_sessions([extended, _session("s-3")], ["s-2", "s-3", "s-404"]) == []
+    assert (
+        sink.upsert_sessions([extended, sample_session_row("s-3")], ["s-2", "s-3", "s-404"]) == []
+    )
     assert _counts(client, f"{prefix}-sessions-*") == {f"{prefix}-sessions-v1": 2}
 
 
@@ -223,7 +207,7 @@ def test_sessions_without_setup_fail_instead_of_creating_an_unmapped_index(
 ) -> None:
     sink = SearchSink(client, opensearch_index_prefix, max_attempts=1)
     with pytest.raises(SinkError, match="index_not_found"):
-        sink.upsert_sessions([_session("s-1")], [])
+        sink.upsert_sessions([sample_session_row("s-1")], [])
     with pytest.raises(SinkError, match="index_not_found"):
         sink.upsert_sessions([], ["s-1"])
     assert not client.indices.exists(index=f"{opensearch_index_prefix}-sessions")
@@ -231,9 +215,9 @@ def test_sessions_without_setup_fail_instead_of_creating_an_unmapped_index(
 
 def test_prune_sessions(client: OpenSearch, prefix: str) -> None:
     sink = SearchSink(client, prefix)
-    old = _session("old", ended_at=datetime(2024, 1, 31, 23, 59, tzinfo=UTC))
-    edge = _session("edge", ended_at=datetime(2024, 2, 1, 0, 0, tzinfo=UTC))
-    new = _session("new", ended_at=datetime(2024, 3, 1, tzinfo=UTC))
+    old = sample_session_row("old", ended_at=datetime(2024, 1, 31, 23, 59, tzinfo=UTC))
+    edge = sample_session_row("edge", ended_at=datetime(2024, 2, 1, 0, 0, tzinfo=UTC))
+    new = sample_session_row("new", ended_at=datetime(2024, 3, 1, tzinfo=UTC))
     assert sink.upsert_sessions([old, edge, new], []) == []
     client.indices.refresh(index=f"{prefix}-sessions")
     cutoff = datetime(2024, 2, 1, tzinfo=UTC)
@@ -278,12 +262,18 @@ def test_fast_paths_store_the_same_documents(client: OpenSearch, prefix: str) ->
     assert sink.index_click_events([fast]) == []  # a redelivery: 409, done
     assert _counts(client, f"{prefix}-events-*") == {day: 2}
 
-    row = _session("s-1", city="Zürich", revenue=Decimal("12.30"))
+    row = sample_session_row("s-1", city="Zürich", revenue=Decimal("12.30"))
     text = dumps(session_document(row)[1])
-    assert sink.upsert_session_documents({"s-1": text, "s-2": _session("s-2")}, ["s-3"]) == []
+    assert (
+        sink.upsert_session_documents({"s-1": text, "s-2": sample_session_row("s-2")}, ["s-3"])
+        == []
+    )
     alias = f"{prefix}-sessions"
     assert client.get(index=alias, id="s-1")["_source"] == session_document(row)[1]
-    assert client.get(index=alias, id="s-2")["_source"] == session_document(_session("s-2"))[1]
+    assert (
+        client.get(index=alias, id="s-2")["_source"]
+        == session_document(sample_session_row("s-2"))[1]
+    )
     rejected = sink.upsert_session_documents(
         {"s-bad": text.replace('"event_count":1', '"event_count":"many"')}, ["s-1"]
     )

@@ -20,6 +20,7 @@ from clickstream import outbox
 from clickstream.db import make_engine
 from clickstream.db.models import sessions_table
 from clickstream.search.documents import dumps, session_document
+from tests.support import sample_session_row
 
 pytestmark = pytest.mark.integration
 
@@ -32,38 +33,9 @@ def engine(migrated_database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def _session(session_id: str, **fields: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "session_id": session_id,
-        "user_id": "u-1",
-        "started_at": datetime(2024, 5, 1, 9, 0, tzinfo=UTC),
-        "ended_at": datetime(2024, 5, 1, 9, 0, tzinfo=UTC),
-        "duration_seconds": 0.0,
-        "event_count": 1,
-        "page_views": 1,
-        "purchases": 0,
-        "revenue": Decimal("0.00"),
-        "converted": False,
-        "bounced": True,
-        "entry_page": "https://shop.example/",
-        "exit_page": "https://shop.example/",
-        "conversion_path": None,
-        "traffic_source": "direct",
-        "device_type": "desktop",
-        "os": None,
-        "browser": None,
-        "country": None,
-        "city": None,
-        "funnel_step": 0,
-        "updated_at": datetime(2024, 5, 3, tzinfo=UTC),
-    }
-    row.update(fields)
-    return row
-
-
 SESSIONS = [
-    _session("s-plain"),
-    _session(
+    sample_session_row("s-plain"),
+    sample_session_row(
         "s-rich",
         user_id='visitor "7" \\ tab\there',
         started_at=datetime(2024, 5, 1, 9, 0, 0, 1, tzinfo=UTC),
@@ -86,7 +58,7 @@ SESSIONS = [
         funnel_step=5,
         updated_at=datetime(2024, 5, 3, 23, 59, 59, 999999, tzinfo=UTC),
     ),
-    _session(
+    sample_session_row(
         "s-numbers",
         ended_at=datetime(2024, 5, 1, 9, 0, 0, 10, tzinfo=UTC),
         duration_seconds=0.00001,
@@ -99,8 +71,8 @@ SESSIONS = [
         conversion_path="x",
         funnel_step=3,
     ),
-    _session("s-whole", duration_seconds=86400.0, revenue=Decimal("12.00"), os=""),
-    _session("s-large", duration_seconds=3.0e15, revenue=Decimal("2000000000000000.00")),
+    sample_session_row("s-whole", duration_seconds=86400.0, revenue=Decimal("12.00"), os=""),
+    sample_session_row("s-large", duration_seconds=3.0e15, revenue=Decimal("2000000000000000.00")),
 ]
 
 
@@ -160,7 +132,7 @@ def test_postgresql_renders_each_session_as_the_python_document(engine: Engine) 
 def test_a_drain_neither_waits_for_a_batch_nor_removes_what_it_re_enqueues(
     engine: Engine,
 ) -> None:
-    _store(engine, [_session("s-1"), _session("s-2")])
+    _store(engine, [sample_session_row("s-1"), sample_session_row("s-2")])
     recorder = Recorder([])
     with engine.connect() as batch:
         # A consumer's batch re-enqueues s-1 and has not committed yet.
@@ -189,7 +161,7 @@ def json_count(document: outbox.Document) -> int:
 
 
 def test_one_drainer_at_a_time(engine: Engine) -> None:
-    _store(engine, [_session("s-1")])
+    _store(engine, [sample_session_row("s-1")])
     nested: list[int] = []
     inner = Recorder([])
 
@@ -205,7 +177,7 @@ def test_one_drainer_at_a_time(engine: Engine) -> None:
 
 
 def test_rejected_documents_reach_on_rejected_and_leave_the_queue(engine: Engine) -> None:
-    _store(engine, [_session("s-ok"), _session("s-bad")])
+    _store(engine, [sample_session_row("s-ok"), sample_session_row("s-bad")])
     seen: list[tuple[list[str], dict[str, outbox.Document]]] = []
     outbox.drain(
         engine,
@@ -216,5 +188,5 @@ def test_rejected_documents_reach_on_rejected_and_leave_the_queue(engine: Engine
     )
     ((ids, documents),) = seen
     assert ids == ["s-bad"]
-    assert documents["s-bad"] == dumps(session_document(_session("s-bad"))[1])
+    assert documents["s-bad"] == dumps(session_document(sample_session_row("s-bad"))[1])
     assert _queued(engine) == {}
