@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -1000,6 +1000,36 @@ class Throughput:
     """The same pipelines as several consumer processes in one group (``--processes``)."""
 
 
+_Run = Callable[[str, Settings, bool], PipelineFigure]
+"""Runs one pipeline scenario: (name, settings, with OpenSearch) -> its figure."""
+
+
+def _checked_scenario(
+    stack: Stack,
+    client: OpenSearch | None,
+    topics: Topics,
+    name: str,
+    run: _Run,
+    *,
+    opensearch: bool,
+    count: int,
+) -> PipelineFigure:
+    """Run a pipeline on a fresh database (and prefix), then check that everything landed."""
+    search = opensearch_prefix(client) if opensearch and client is not None else nullcontext(None)
+    with fresh_database(stack.postgres_admin_url) as url, search as prefix:
+        _log.info("%s", name)
+        figure = run(name, _settings(stack, topics, url, prefix), prefix is not None)
+        _check(_count_rows(url), count, "rows in events")
+        if client is not None and prefix is not None:
+            _check(_count_documents(client, events_index_pattern(prefix)), count, "event documents")
+            _check(
+                _count_documents(client, sessions_alias(prefix)),
+                _count_rows(url, "sessions"),
+                "session documents (one per sessions row)",
+            )
+    return figure
+
+
 def _throughput(stack: Stack, client: OpenSearch | None, args: argparse.Namespace) -> Throughput:
     count, partitions, batch = args.events, args.partitions, args.batch_size
     _log.info("simulating %d events", count)
@@ -1009,76 +1039,44 @@ def _throughput(stack: Stack, client: OpenSearch | None, args: argparse.Namespac
         _log.info("producing %d events to %s", count, topics.events)
         positions = _produce(base, topics.events, messages)
 
-        with fresh_database(stack.postgres_admin_url) as url:
-            _log.info("pipeline -> PostgreSQL")
-            pg = _pipeline(
-                "pipeline -> PostgreSQL",
-                _settings(stack, topics, url, None),
+        def single(name: str, settings: Settings, opensearch: bool) -> PipelineFigure:
+            return _pipeline(
+                name,
+                settings,
                 count=count,
                 partitions=partitions,
                 batch_size=batch,
-                opensearch=False,
+                opensearch=opensearch,
             )
-            _check(_count_rows(url), count, "rows in events")
 
+        def several(name: str, settings: Settings, opensearch: bool) -> PipelineFigure:
+            return _pipeline_processes(
+                name,
+                settings,
+                processes=args.processes,
+                count=count,
+                partitions=partitions,
+                batch_size=batch,
+                opensearch=opensearch,
+            )
+
+        def scenario(name: str, run: _Run, *, opensearch: bool) -> PipelineFigure:
+            return _checked_scenario(
+                stack, client, topics, name, run, opensearch=opensearch, count=count
+            )
+
+        pg = scenario("pipeline -> PostgreSQL", single, opensearch=False)
         both = None
         if client is not None:
-            with fresh_database(stack.postgres_admin_url) as url, opensearch_prefix(client) as p:
-                _log.info("pipeline -> PostgreSQL + OpenSearch")
-                both = _pipeline(
-                    "pipeline -> PostgreSQL + OpenSearch",
-                    _settings(stack, topics, url, p),
-                    count=count,
-                    partitions=partitions,
-                    batch_size=batch,
-                    opensearch=True,
-                )
-                _check(_count_rows(url), count, "rows in events")
-                _check(_count_documents(client, events_index_pattern(p)), count, "event documents")
-                _check(
-                    _count_documents(client, sessions_alias(p)),
-                    _count_rows(url, "sessions"),
-                    "session documents (one per sessions row)",
-                )
-
+            both = scenario("pipeline -> PostgreSQL + OpenSearch", single, opensearch=True)
         processes_pg = processes_both = None
         if args.processes > 1:
-            with fresh_database(stack.postgres_admin_url) as url:
-                _log.info("pipeline -> PostgreSQL, %d processes", args.processes)
-                processes_pg = _pipeline_processes(
-                    f"pipeline -> PostgreSQL, {args.processes} processes",
-                    _settings(stack, topics, url, None),
-                    processes=args.processes,
-                    count=count,
-                    partitions=partitions,
-                    batch_size=batch,
-                    opensearch=False,
-                )
-                _check(_count_rows(url), count, "rows in events")
+            suffix = f", {args.processes} processes"
+            processes_pg = scenario(f"pipeline -> PostgreSQL{suffix}", several, opensearch=False)
             if client is not None:
-                with (
-                    fresh_database(stack.postgres_admin_url) as url,
-                    opensearch_prefix(client) as p,
-                ):
-                    _log.info("pipeline -> PostgreSQL + OpenSearch, %d processes", args.processes)
-                    processes_both = _pipeline_processes(
-                        f"pipeline -> PostgreSQL + OpenSearch, {args.processes} processes",
-                        _settings(stack, topics, url, p),
-                        processes=args.processes,
-                        count=count,
-                        partitions=partitions,
-                        batch_size=batch,
-                        opensearch=True,
-                    )
-                    _check(_count_rows(url), count, "rows in events")
-                    _check(
-                        _count_documents(client, events_index_pattern(p)), count, "event documents"
-                    )
-                    _check(
-                        _count_documents(client, sessions_alias(p)),
-                        _count_rows(url, "sessions"),
-                        "session documents (one per sessions row)",
-                    )
+                processes_both = scenario(
+                    f"pipeline -> PostgreSQL + OpenSearch{suffix}", several, opensearch=True
+                )
 
         naive_count = min(args.naive_events, count)
         with fresh_database(stack.postgres_admin_url) as url, _maybe_prefix(client) as p:
