@@ -91,6 +91,23 @@ def _serialize_pydantic(events: Sequence[SimulatedEvent]) -> int:
     return len(events)
 
 
+def _produce_when_room(
+    produce: Callable[..., None],
+    poll: Callable[[float], int],
+    topic: str,
+    value: bytes,
+    key: bytes,
+) -> None:
+    """``produce``; while the client's queue is full, serve callbacks and try again."""
+    while True:
+        try:
+            produce(topic, value, key)
+        except BufferError:
+            poll(0.05)
+            continue
+        return
+
+
 def _ceiling(config: dict[str, Any], topic: str, messages: Sequence[tuple[bytes, bytes]]) -> int:
     """The bare client as EventProducer configures it: produce, poll(0) every POLL_EVERY."""
     failed = 0
@@ -104,16 +121,7 @@ def _ceiling(config: dict[str, Any], topic: str, messages: Sequence[tuple[bytes,
     produce, poll = producer.produce, producer.poll
     sent = 0
     for key, value in messages:
-        try:
-            produce(topic, value, key)
-        except BufferError:
-            while True:
-                poll(0.05)
-                try:
-                    produce(topic, value, key)
-                except BufferError:
-                    continue
-                break
+        _produce_when_room(produce, poll, topic, value, key)
         sent += 1
         if not sent % POLL_EVERY:
             poll(0)
@@ -139,16 +147,7 @@ def _naive_client(
     producer = Producer({**config, "on_delivery": on_delivery})
     produce, poll = producer.produce, producer.poll
     for key, value in messages:
-        try:
-            produce(topic, value, key)
-        except BufferError:
-            while True:
-                poll(0.05)
-                try:
-                    produce(topic, value, key)
-                except BufferError:
-                    continue
-                break
+        _produce_when_room(produce, poll, topic, value, key)
         poll(0)
     producer.flush(60)
     if delivered != len(messages):
