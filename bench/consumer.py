@@ -287,31 +287,15 @@ def _pipeline(
     load = load_average()[0]
     thread = threading.Thread(target=work, name="consumer")
     thread.start()
-    first: tuple[float, int] | None = None
     try:
-        while True:
-            committed = watcher.committed()
-            seen = time.perf_counter()
-            if committed and first is None:
-                first = (seen, committed)
-            if committed >= count:
-                break
-            if not thread.is_alive():
-                msg = f"the consumer stopped after {committed} of {count} messages: {errors}"
-                raise RuntimeError(msg)
-            time.sleep(WATCH_INTERVAL)
-        if opensearch:
-            # Session documents follow the committed rows through the outbox: the run is
-            # done when the outbox is empty too (it only shrinks once every batch committed).
-            with psycopg.connect(
-                libpq_url(settings.database_url.get_secret_value()), autocommit=True
-            ) as conn:
-                while _outbox_size(conn):
-                    if not thread.is_alive():
-                        msg = f"the consumer stopped before draining the outbox: {errors}"
-                        raise RuntimeError(msg)
-                    time.sleep(WATCH_INTERVAL)
-                    seen = time.perf_counter()
+        samples, seen = _watch(
+            watcher,
+            settings,
+            count,
+            opensearch=opensearch,
+            alive=thread.is_alive,
+            failure=lambda: str(errors),
+        )
     finally:
         stop.set()
         thread.join(timeout=300)
@@ -320,6 +304,7 @@ def _pipeline(
         consume_log.setLevel(level)
     if errors:
         raise errors[0]
+    first = next(((at, n) for at, n in samples if n), None)
     if clock.assigned_at is None or first is None:
         msg = "the consumer never logged its assignment ('assigned ...')"
         raise RuntimeError(msg)
@@ -336,6 +321,46 @@ def _pipeline(
         steady_seconds=seen - first[0],
         report=asdict(report),
     )
+
+
+def _watch(
+    watcher: _CommitWatcher,
+    settings: Settings,
+    count: int,
+    *,
+    opensearch: bool,
+    alive: Callable[[], bool],
+    failure: Callable[[], str],
+) -> tuple[list[tuple[float, int]], float]:
+    """Sample the group's committed offsets until they reach ``count``; with OpenSearch, then
+    until the search outbox is empty too. Returns the samples ``(time, committed)`` and the
+    time the run was done.
+
+    Session documents follow the committed rows through the outbox, which only shrinks once
+    every batch committed: with OpenSearch the run is done when it is empty.
+    """
+    samples: list[tuple[float, int]] = []
+    while True:
+        committed = watcher.committed()
+        seen = time.perf_counter()
+        samples.append((seen, committed))
+        if committed >= count:
+            break
+        if not alive():
+            msg = f"the consumer stopped after {committed} of {count} messages: {failure()}"
+            raise RuntimeError(msg)
+        time.sleep(WATCH_INTERVAL)
+    if opensearch:
+        with psycopg.connect(
+            libpq_url(settings.database_url.get_secret_value()), autocommit=True
+        ) as conn:
+            while _outbox_size(conn):
+                if not alive():
+                    msg = f"the consumer stopped before draining the outbox: {failure()}"
+                    raise RuntimeError(msg)
+                time.sleep(WATCH_INTERVAL)
+                seen = time.perf_counter()
+    return samples, seen
 
 
 def _outbox_size(conn: psycopg.Connection[Any]) -> int:
@@ -492,28 +517,17 @@ def _pipeline_processes(
         _ConsumerProcess(settings, batch_size=batch_size, opensearch=opensearch)
         for _ in range(processes)
     ]
-    samples: list[tuple[float, int]] = []
     try:
         for consumer in consumers:
             consumer.wait_assigned(timeout=120)
-        while True:
-            committed = watcher.committed()
-            seen = time.perf_counter()
-            samples.append((seen, committed))
-            if committed >= count:
-                break
-            if not all(c.alive() for c in consumers):
-                logs = "\n".join(line for c in consumers for line in c.log)
-                msg = f"a consumer stopped after {committed} of {count} messages:\n{logs}"
-                raise RuntimeError(msg)
-            time.sleep(WATCH_INTERVAL)
-        if opensearch:
-            with psycopg.connect(
-                libpq_url(settings.database_url.get_secret_value()), autocommit=True
-            ) as conn:
-                while _outbox_size(conn):
-                    time.sleep(WATCH_INTERVAL)
-                    seen = time.perf_counter()
+        samples, seen = _watch(
+            watcher,
+            settings,
+            count,
+            opensearch=opensearch,
+            alive=lambda: all(c.alive() for c in consumers),
+            failure=lambda: "\n".join(line for c in consumers for line in c.log),
+        )
         # Before stopping: shutting down logs a revocation too.
         formed = max(c.last_change or 0.0 for c in consumers)
     finally:

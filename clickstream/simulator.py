@@ -713,13 +713,6 @@ def _to_ms(moment: datetime) -> int:
     return math.floor(moment.timestamp() * 1000)
 
 
-def _json_float(value: float) -> str:
-    # Python's repr and pydantic agree (shortest round trip) unless repr picks exponent notation.
-    if value == 0.0 or 1e-4 <= abs(value) < 1e16:
-        return repr(value)
-    return pydantic_core.to_json(value).decode()
-
-
 _T = TypeVar("_T")
 Pick = Callable[[Callable[[], float]], _T]
 """A weighted choice: call it with a uniform [0, 1) source (``rng.random``)."""

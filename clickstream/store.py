@@ -68,6 +68,8 @@ _SESSION_COLUMNS: Final = (
     "city",
     "funnel_step",
 )
+_SESSION_COPY_COLUMNS: Final = (*_SESSION_COLUMNS, "duration_seconds", "converted", "bounced")
+"""The ``sessions`` columns a writer sets (all but ``updated_at``), in COPY order."""
 _EVENT_SESSION_COLUMNS: Final = (
     "event_id",
     "occurred_at",
@@ -176,15 +178,6 @@ def _insert_dialect(conn: Connection) -> Any:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
-def _event_row(item: PositionedEvent) -> dict[str, Any]:
-    row = item.event.model_dump()
-    for name in ("event_type", "page_type", "device_type"):
-        row[name] = str(row[name])
-    row["kafka_partition"] = item.partition
-    row["kafka_offset"] = item.offset
-    return row
-
-
 _EVENT_COPY_COLUMNS: Final = (
     "event_id",
     "event_type",
@@ -244,6 +237,11 @@ def _event_values(item: PositionedEvent) -> tuple[Any, ...]:
         item.partition,
         item.offset,
     )
+
+
+def _event_row(item: PositionedEvent) -> dict[str, Any]:
+    """The ``events`` row of ``item`` as a mapping (statements that bind by column name)."""
+    return dict(zip(_EVENT_COPY_COLUMNS, _event_values(item), strict=True))
 
 
 def _copy_insert(
@@ -376,11 +374,7 @@ def _session_event(event: ClickEvent) -> SessionEvent:
 
 def session_row(session: Session) -> dict[str, Any]:
     """The ``sessions`` table row of a session (every column but ``updated_at``)."""
-    row = {name: getattr(session, name) for name in _SESSION_COLUMNS}
-    row["duration_seconds"] = session.duration_seconds
-    row["converted"] = session.converted
-    row["bounced"] = session.bounced
-    return row
+    return dict(zip(_SESSION_COPY_COLUMNS, _session_values(session), strict=True))
 
 
 def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -554,9 +548,6 @@ def _recompute(
         changes.upserted.extend(s for s in fresh if previous.get(s.session_id) != s)
 
 
-_SESSION_COPY_COLUMNS: Final = (*_SESSION_COLUMNS, "duration_seconds", "converted", "bounced")
-
-
 def _session_values(s: Session) -> tuple[Any, ...]:
     """The ``sessions`` row of ``s`` in :data:`_SESSION_COPY_COLUMNS` order (the COPY hot path)."""
     return (
@@ -578,9 +569,9 @@ def _session_values(s: Session) -> tuple[Any, ...]:
         s.country,
         s.city,
         s.funnel_step,
-        (s.ended_at - s.started_at).total_seconds(),
-        s.purchases > 0,
-        s.event_count == 1,
+        s.duration_seconds,
+        s.converted,
+        s.bounced,
     )
 
 
