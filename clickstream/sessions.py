@@ -23,10 +23,9 @@ import functools
 import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Final
+from typing import Final, NamedTuple
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -48,9 +47,12 @@ _SESSION_NAMESPACE: Final = uuid.UUID("5b0a7a52-3f6c-4c1e-9a47-0d3c2f1e8b61")
 _NAMESPACE_BYTES: Final = _SESSION_NAMESPACE.bytes
 
 
-@dataclass(frozen=True, slots=True)
-class SessionEvent:
-    """The fields of a stored event that sessions are computed from."""
+class SessionEvent(NamedTuple):
+    """The fields of a stored event that sessions are computed from.
+
+    A named tuple: the consumer makes one per event, and tuples are the cheapest immutable
+    records to build.
+    """
 
     event_id: str
     occurred_at: datetime
@@ -72,9 +74,12 @@ class SessionEvent:
         return (self.occurred_at, self.event_id.lower())
 
 
-@dataclass(frozen=True, slots=True)
-class Session:
-    """One row of the ``sessions`` table (``converted``, ``bounced`` and the duration derived)."""
+class Session(NamedTuple):
+    """One row of the ``sessions`` table (``converted``, ``bounced`` and the duration derived).
+
+    Its fields are the table's columns in order, up to ``funnel_step``. A named tuple: the
+    consumer builds about one per event (see :class:`SessionEvent`).
+    """
 
     session_id: str
     user_id: str

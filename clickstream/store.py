@@ -21,7 +21,8 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -48,43 +49,10 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-_SESSION_COLUMNS: Final = (
-    "session_id",
-    "user_id",
-    "started_at",
-    "ended_at",
-    "event_count",
-    "page_views",
-    "purchases",
-    "revenue",
-    "entry_page",
-    "exit_page",
-    "conversion_path",
-    "traffic_source",
-    "device_type",
-    "os",
-    "browser",
-    "country",
-    "city",
-    "funnel_step",
-)
+_SESSION_COLUMNS: Final = Session._fields
 _SESSION_COPY_COLUMNS: Final = (*_SESSION_COLUMNS, "duration_seconds", "converted", "bounced")
 """The ``sessions`` columns a writer sets (all but ``updated_at``), in COPY order."""
-_EVENT_SESSION_COLUMNS: Final = (
-    "event_id",
-    "occurred_at",
-    "event_type",
-    "page_url",
-    "page_type",
-    "referrer_url",
-    "utm_source",
-    "device_type",
-    "os",
-    "browser",
-    "country",
-    "city",
-    "revenue",
-)
+_EVENT_SESSION_COLUMNS: Final = SessionEvent._fields
 _TEXT: Final[dict[StrEnum, str]] = {
     member: member.value for kind in (EventType, PageType, DeviceType) for member in kind
 }
@@ -260,27 +228,37 @@ def _copy_insert(
     quote = conn.dialect.identifier_preparer.quote
     names = ", ".join(quote(c) for c in columns)
     twin = quote(f"incoming_{table.name}")
+    insert = f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} FROM {twin} {suffix}"
+    with _driver_errors(conn, insert) as driver, driver.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {twin} "
+            f"(LIKE {quote(table.name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cursor.copy(f"COPY {twin} ({names}) FROM STDIN") as copy:
+            write_row = copy.write_row
+            for row in rows:
+                write_row(row)
+        cursor.execute(insert)
+        return cursor.fetchall() if cursor.description else []
+
+
+@contextmanager
+def _driver_errors(conn: Connection, statement: str) -> Iterator[psycopg.Connection[Any]]:
+    """PostgreSQL: the psycopg connection under ``conn``, for the hot paths that skip SQLAlchemy.
+
+    Errors leave as the same SQLAlchemy exception classes (``OperationalError``,
+    ``DataError``, ...) that every other statement raises.
+    """
     driver = conn.connection.driver_connection
     if driver is None:  # pragma: no cover - a live connection always has one
         msg = "no DB-API connection"
         raise RuntimeError(msg)
-    insert = f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} FROM {twin} {suffix}"
     try:
-        with driver.cursor() as cursor:
-            cursor.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {twin} "
-                f"(LIKE {quote(table.name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-            with cursor.copy(f"COPY {twin} ({names}) FROM STDIN") as copy:
-                write_row = copy.write_row
-                for row in rows:
-                    write_row(row)
-            cursor.execute(insert)
-            return cursor.fetchall() if cursor.description else []
+        yield driver
     except psycopg.Error as exc:
-        # The driver is used directly here: give callers the same SQLAlchemy exception
-        # classes (OperationalError, DataError, ...) as every other statement raises.
-        raise DBAPIError.instance(insert, None, exc, psycopg.Error, dialect=conn.dialect) from exc
+        raise DBAPIError.instance(
+            statement, None, exc, psycopg.Error, dialect=conn.dialect
+        ) from exc
 
 
 def _insert_events(conn: Connection, items: Iterable[PositionedEvent]) -> list[str]:
@@ -355,20 +333,20 @@ def _add_traffic(conn: Connection, new_events: Sequence[ClickEvent]) -> None:
 
 
 def _session_event(event: ClickEvent) -> SessionEvent:
-    return SessionEvent(
-        event_id=event.event_id,
-        occurred_at=event.occurred_at,
-        event_type=_TEXT[event.event_type],
-        page_url=event.page_url,
-        page_type=_TEXT[event.page_type],
-        referrer_url=event.referrer_url,
-        utm_source=event.utm_source,
-        device_type=_TEXT[event.device_type],
-        os=event.os,
-        browser=event.browser,
-        country=event.country,
-        city=event.city,
-        revenue=event.revenue,
+    return SessionEvent(  # positional, in field order: the cheapest way to build it
+        event.event_id,
+        event.occurred_at,
+        _TEXT[event.event_type],
+        event.page_url,
+        _TEXT[event.page_type],
+        event.referrer_url,
+        event.utm_source,
+        _TEXT[event.device_type],
+        event.os,
+        event.browser,
+        event.country,
+        event.city,
+        event.revenue,
     )
 
 
@@ -397,8 +375,25 @@ def _window_rows(windows: Windows) -> dict[str, str]:
 
 
 _WINDOWS_SQL: Final = (
-    "json_to_recordset(CAST(:windows AS json))"
+    "json_to_recordset(CAST(%(windows)s AS json))"
     " AS w(user_id text, low timestamptz, high timestamptz)"
+)
+# One index probe per visitor, (user_id, started_at) then the filter: LATERAL keeps that plan
+# even when the planner's statistics are stale (a young table), where it would otherwise
+# hash-join against a scan of the whole table.
+_SESSIONS_NEAR_SQL: Final = (
+    f"SELECT {', '.join(f's.{name}' for name in _SESSION_COLUMNS)} FROM {_WINDOWS_SQL}"
+    " CROSS JOIN LATERAL (SELECT * FROM sessions AS s WHERE s.user_id = w.user_id"
+    " AND s.started_at <= w.high AND s.ended_at >= w.low) AS s"
+)
+_EVENTS_IN_SQL: Final = (
+    "SELECT e.user_id, "
+    + ", ".join(
+        "CAST(e.event_id AS text)" if name == "event_id" else f"e.{name}"
+        for name in _EVENT_SESSION_COLUMNS
+    )
+    + f" FROM {_WINDOWS_SQL} CROSS JOIN LATERAL (SELECT * FROM events AS e"
+    " WHERE e.user_id = w.user_id AND e.occurred_at BETWEEN w.low AND w.high) AS e"
 )
 
 
@@ -406,16 +401,11 @@ def _sessions_near(conn: Connection, windows: Windows) -> dict[str, list[Session
     """Per visitor, the stored sessions overlapping that visitor's window."""
     found: dict[str, list[Session]] = defaultdict(list)
     if conn.dialect.name == "postgresql":
-        columns = ", ".join(f"s.{name}" for name in _SESSION_COLUMNS)
-        rows = conn.execute(
-            text(
-                f"SELECT {columns} FROM sessions AS s JOIN {_WINDOWS_SQL}"
-                " ON s.user_id = w.user_id AND s.ended_at >= w.low AND s.started_at <= w.high"
-            ),
-            _window_rows(windows),
-        )
-        for row in rows:
-            found[row[1]].append(Session(*row))
+        with _driver_errors(conn, _SESSIONS_NEAR_SQL) as driver, driver.cursor() as cursor:
+            cursor.execute(_SESSIONS_NEAR_SQL, _window_rows(windows))
+            make = Session._make
+            for row in cursor:
+                found[row[1]].append(make(row))
         return found
     table = sessions_table
     low = min(lo for lo, _ in windows.values())
@@ -436,19 +426,10 @@ def _events_in(conn: Connection, windows: Windows) -> dict[str, list[SessionEven
     """Per visitor, the stored events inside that visitor's window."""
     found: dict[str, list[SessionEvent]] = defaultdict(list)
     if conn.dialect.name == "postgresql":
-        columns = ", ".join(
-            "CAST(e.event_id AS text)" if name == "event_id" else f"e.{name}"
-            for name in _EVENT_SESSION_COLUMNS
-        )
-        rows = conn.execute(
-            text(
-                f"SELECT e.user_id, {columns} FROM events AS e JOIN {_WINDOWS_SQL}"
-                " ON e.user_id = w.user_id AND e.occurred_at BETWEEN w.low AND w.high"
-            ),
-            _window_rows(windows),
-        )
-        for row in rows:
-            found[row[0]].append(SessionEvent(*row[1:]))
+        with _driver_errors(conn, _EVENTS_IN_SQL) as driver, driver.cursor() as cursor:
+            cursor.execute(_EVENTS_IN_SQL, _window_rows(windows))
+            for row in cursor:
+                found[row[0]].append(SessionEvent._make(row[1:]))
         return found
     table = events_table
     low = min(lo for lo, _ in windows.values())
@@ -550,29 +531,8 @@ def _recompute(
 
 def _session_values(s: Session) -> tuple[Any, ...]:
     """The ``sessions`` row of ``s`` in :data:`_SESSION_COPY_COLUMNS` order (the COPY hot path)."""
-    return (
-        s.session_id,
-        s.user_id,
-        s.started_at,
-        s.ended_at,
-        s.event_count,
-        s.page_views,
-        s.purchases,
-        s.revenue,
-        s.entry_page,
-        s.exit_page,
-        s.conversion_path,
-        s.traffic_source,
-        s.device_type,
-        s.os,
-        s.browser,
-        s.country,
-        s.city,
-        s.funnel_step,
-        s.duration_seconds,
-        s.converted,
-        s.bounced,
-    )
+    # A Session's fields are the first columns, in order (a unit test pins it).
+    return (*s, s.duration_seconds, s.converted, s.bounced)
 
 
 def _write_sessions(conn: Connection, changes: SessionChanges) -> None:
