@@ -244,7 +244,7 @@ def run(
         " and OpenSearch" if search else "",
     )
     try:
-        _loop(consumer, processor, options, progress, stop)
+        _loop(consumer, processor, options, progress, stop, topic=settings.topic)
     finally:
         progress.maybe_log(consumer, force=True)
         consumer.close()
@@ -346,14 +346,16 @@ def _loop(
     options: ConsumerOptions,
     progress: _Progress,
     stop: threading.Event,
+    *,
+    topic: str,
 ) -> None:
     if processor.search is None:
-        _consume(consumer, processor, options, progress, stop, sync=None)
+        _consume(consumer, processor, options, progress, stop, sync=None, topic=topic)
         return
     sync = _SearchSync(processor, options.search_sync_interval)
     sync.start()
     try:
-        _consume(consumer, processor, options, progress, stop, sync=sync)
+        _consume(consumer, processor, options, progress, stop, sync=sync, topic=topic)
     finally:
         sync.close()
     sync.check()
@@ -367,6 +369,7 @@ def _consume(
     stop: threading.Event,
     *,
     sync: _SearchSync | None,
+    topic: str,
 ) -> None:
     last_message = time.monotonic()
     failures = 0
@@ -379,9 +382,7 @@ def _consume(
             progress.maybe_log(consumer)
             synced = sync.drain_now() if sync is not None else True
             idle = time.monotonic() - last_message
-            if synced and _caught_up(
-                consumer, idle, options.exit_when_idle, options.session_timeout
-            ):
+            if synced and _caught_up(consumer, topic, idle, options.exit_when_idle):
                 _log.info("caught up and idle for %.0fs: exiting", idle)
                 return
             continue
@@ -411,16 +412,34 @@ def _sync(processor: BatchProcessor) -> bool:
     return True
 
 
-def _caught_up(
-    consumer: Consumer, idle: float, limit: float | None, session_timeout: float
-) -> bool:
+def _caught_up(consumer: Consumer, topic: str, idle: float, limit: float | None) -> bool:
+    """Whether ``--exit-when-idle`` may exit: idle long enough, and the whole group caught up.
+
+    Caught up means the group's committed offsets reached the end of every partition of the
+    topic, not only of this consumer's partitions: partitions held by a member that died keep
+    their backlog until its session times out and they move here (or to another member).
+    """
     if limit is None or idle < limit:
         return False
-    if consumer.assignment():
-        return _lag(consumer) == 0
-    # No partitions yet: the group may still be waiting for a dead member's session to time
-    # out. Give up only well after that (more consumers than partitions, for example).
-    return idle >= limit + session_timeout + 15
+    if consumer.assignment() and _lag(consumer) != 0:
+        return False
+    return _group_lag(consumer, topic) == 0
+
+
+def _group_lag(consumer: Consumer, topic: str) -> int | None:
+    """Messages of ``topic`` that the group has not committed yet, over all its partitions."""
+    try:
+        metadata = consumer.list_topics(topic, timeout=5).topics[topic]
+        if metadata.error is not None:
+            return None
+        partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
+        total = 0
+        for committed in consumer.committed(partitions, timeout=5):
+            low, high = consumer.get_watermark_offsets(committed, timeout=5)
+            total += max(high - max(committed.offset, low), 0)
+    except KafkaException:
+        return None
+    return total
 
 
 def _is_error(message: Message) -> bool:
@@ -480,7 +499,8 @@ def _parser() -> argparse.ArgumentParser:
         "--exit-when-idle",
         type=float,
         metavar="SECONDS",
-        help="exit once caught up and no message arrived for SECONDS (batch jobs, tests)",
+        help="exit once no message arrived for SECONDS and the group has committed every"
+        " partition of the topic to its end (batch jobs, tests)",
     )
     parser.add_argument(
         "--progress-interval",

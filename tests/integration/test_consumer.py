@@ -285,6 +285,25 @@ def test_sigkill_at_several_points_loses_and_doubles_nothing(
     _assert_exact(migrated_database_url, events)
 
 
+def test_exit_when_idle_waits_for_partitions_a_dead_member_still_holds(
+    stack, topics, migrated_database_url, tmp_path: Path
+) -> None:
+    # A member dies holding every partition; its session lasts 40 s. A consumer started right
+    # after it gets no partitions until then: it must not take that for "caught up" (it used to
+    # give up after idle + its own session timeout + 15 s = 23 s, with nothing stored).
+    t = topics(3)
+    env = _env(stack, t, migrated_database_url)
+    log = tmp_path / "consumer.log"
+    holder = start_consumer(env, "--no-opensearch", "--session-timeout", "40", log=log)
+    wait_until(lambda: "assigned" in log.read_text(), timeout=60, what="the first assignment")
+    kill_hard(holder)
+    events = random_events(51, users=50, per_user=10)
+    produce_events(stack.kafka_bootstrap, t.events, events)
+    output = run_consumer(env, "--no-opensearch", "--exit-when-idle", "2", log=log, timeout=180)
+    assert "caught up and idle" in output
+    _assert_exact(migrated_database_url, events)
+
+
 def _host_port(url: str) -> tuple[str, int]:
     parsed = urlsplit(url)
     return parsed.hostname or "127.0.0.1", parsed.port or 80
