@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from sqlalchemy import select
 
 from clickstream.db import make_engine
 from clickstream.db.migrate import upgrade
-from clickstream.db.models import sessions_table, traffic_minute_table
+from clickstream.db.models import events_table, sessions_table, traffic_minute_table
 from clickstream.events import ClickEvent
 from clickstream.store import PositionedEvent, SessionRules, write_batch
 from tests.support import definition_sessions, random_events
@@ -66,3 +67,51 @@ def test_any_arrival_order_gives_the_definition(tmp_path: Path, seed: int) -> No
     want = definition_sessions(decoded, gap=rules.gap, max_length=rules.max_length)
     assert [{k: row[k] for k in want[0]} for row in sessions] == want
     assert totals["events"] == len({e["event_id"] for e in events})
+
+
+def test_revenue_measures_count_purchases_only(tmp_path: Path) -> None:
+    # revenue is allowed on any event and stored with it, but sessions and traffic_minute
+    # sum the revenue of purchases: 10.00 here, not 15.00.
+    base = {
+        "user_id": "u-1",
+        "page_url": "https://shop.test/p/1",
+        "page_type": "product",
+        "device_type": "desktop",
+        "country": "DE",
+        "currency": "EUR",
+    }
+    view = {
+        **base,
+        "event_id": "00000000-0000-4000-8000-000000000001",
+        "event_type": "page_view",
+        "occurred_at": "2026-05-01T12:00:10Z",
+        "revenue": 5.0,
+    }
+    purchase = {
+        **base,
+        "event_id": "00000000-0000-4000-8000-000000000002",
+        "event_type": "purchase",
+        "occurred_at": "2026-05-01T12:00:40Z",
+        "order_id": "o-1",
+        "revenue": 10.0,
+    }
+    url = f"sqlite:///{tmp_path / 'revenue.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    decoded = [ClickEvent.model_validate_json(json.dumps(e)) for e in (view, purchase)]
+    with engine.begin() as conn:
+        write_batch(
+            conn,
+            events=[PositionedEvent(e, 0, i) for i, e in enumerate(decoded)],
+            rules=SessionRules(),
+        )
+    with engine.connect() as conn:
+        stored = sorted(conn.execute(select(events_table.c.revenue)).scalars())
+        minute = conn.execute(select(traffic_minute_table)).one()._mapping
+        session = conn.execute(select(sessions_table)).one()._mapping
+    engine.dispose()
+    assert stored == [Decimal("5.00"), Decimal("10.00")]
+    assert (minute["events"], minute["page_views"], minute["purchases"]) == (2, 1, 1)
+    assert Decimal(minute["revenue"]) == Decimal("10.00")
+    assert (session["event_count"], session["purchases"]) == (2, 1)
+    assert Decimal(session["revenue"]) == Decimal("10.00")
