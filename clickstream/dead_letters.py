@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, Final
@@ -9,15 +11,19 @@ from typing import Any, Final
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from clickstream.errors import ConfigError, DeliveryError, TransientError
-from clickstream.kafka import kafka_client_config
+from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES, kafka_client_config
 from clickstream.pipeline import DeadLetter
 from clickstream.settings import Settings
 
-__all__ = ["MAX_DEAD_LETTER_VALUE_BYTES", "KafkaDeadLetterSink"]
+__all__ = ["FALLBACK_VALUE_BYTES", "KafkaDeadLetterSink"]
 
-MAX_DEAD_LETTER_VALUE_BYTES: Final = 900_000
-"""Values above this are truncated (headers ``truncated`` and ``original_size`` say so), to stay
-under Kafka's default 1 MB message limit with the dead-letter headers."""
+FALLBACK_VALUE_BYTES: Final = 900_000
+"""Only when a dead-letter topic made elsewhere refuses a letter as too large: the value is
+cut to this many bytes (under Kafka's default limit), then halved while still refused, and
+headers ``truncated`` and ``original_size`` say so."""
+_FLOOR: Final = 1024  # refused even this small: the topic is misconfigured, stop loudly
+
+_HEADROOM: Final = 64 * 1024  # the dead-letter headers and the record's own framing
 
 _TERMINAL_CODES: Final = frozenset(
     {
@@ -50,11 +56,16 @@ class KafkaDeadLetterSink:
                 "acks": "all",
                 "linger.ms": 5,
                 "compression.type": "lz4",
+                "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
             }
         )
+        self._too_large: list[DeadLetter] = []
 
-    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+    def _on_delivery(self, letter: DeadLetter, error: KafkaError | None, _message: Message) -> None:
         if error is None:
+            return
+        if error.code() == KafkaError.MSG_SIZE_TOO_LARGE and len(letter.value or b"") > _FLOOR:
+            self._too_large.append(letter)  # the topic's limit is lower than ours: cut it
             return
         text = f"{error.name()}: {error.str()}"
         # Retrying cannot fix these; stopping loudly beats retrying the same batch forever.
@@ -73,9 +84,14 @@ class KafkaDeadLetterSink:
         """
         self._failures.clear()
         self._fatal.clear()
-        for letter in letters:
-            self._produce(letter)
-        remaining = self._producer.flush(self._flush_timeout)
+        pending = list(letters)
+        remaining = 0
+        while pending and not remaining:
+            self._too_large.clear()
+            for letter in pending:
+                self._produce(letter)
+            remaining = self._producer.flush(self._flush_timeout)
+            pending = [self._smaller(letter) for letter in self._too_large]
         if self._fatal:
             msg = (
                 f"the dead-letter topic {self._topic} refuses messages: {self._fatal[0]}; "
@@ -96,17 +112,28 @@ class KafkaDeadLetterSink:
                 letter.detail,
             )
 
+    def _smaller(self, letter: DeadLetter) -> DeadLetter:
+        size = len(letter.value or b"")
+        cut = FALLBACK_VALUE_BYTES if size > FALLBACK_VALUE_BYTES else size // 2
+        _log.warning(
+            "%s refuses a dead letter of %d bytes: sending its first %d bytes (give the "
+            "topic max.message.bytes=%d, as clickstream.topics and Pulumi do, to keep it whole)",
+            self._topic,
+            size,
+            cut,
+            DLQ_MAX_MESSAGE_BYTES,
+        )
+        return _truncate(letter, cut)
+
     def _produce(self, letter: DeadLetter) -> None:
-        value, headers = letter.value, letter.headers()
-        if value is not None and len(value) > MAX_DEAD_LETTER_VALUE_BYTES:
-            # Larger than a Kafka message may be by default: keep the head, say so.
-            headers += [("truncated", b"true"), ("original_size", str(len(value)).encode())]
-            value = value[:MAX_DEAD_LETTER_VALUE_BYTES]
+        room = DLQ_MAX_MESSAGE_BYTES - _HEADROOM - len(letter.key or b"")
+        if letter.value is not None and len(letter.value) > room:
+            letter = _truncate(letter, max(room, 0))  # beyond what any Kafka topic here takes
         kwargs: dict[str, Any] = {
             "key": letter.key,
-            "value": value,
-            "headers": headers,
-            "on_delivery": self._on_delivery,
+            "value": letter.value,
+            "headers": letter.headers(),
+            "on_delivery": functools.partial(self._on_delivery, letter),
         }
         while True:
             try:
@@ -145,3 +172,12 @@ class KafkaDeadLetterSink:
     def close(self) -> None:
         """Flush what is pending."""
         self._producer.flush(self._flush_timeout)
+
+
+def _truncate(letter: DeadLetter, size: int) -> DeadLetter:
+    """``letter`` with its value cut to ``size`` bytes; headers say so, with the original size."""
+    value = letter.value or b""
+    extra = letter.extra_headers
+    if not any(name == "original_size" for name, _ in extra):
+        extra = (*extra, ("truncated", b"true"), ("original_size", str(len(value)).encode()))
+    return dataclasses.replace(letter, value=value[:size], extra_headers=extra)

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Final
 
 from clickstream.errors import ConfigError
 from clickstream.settings import Settings
 
-__all__ = ["kafka_client_config", "librdkafka_logger"]
+__all__ = ["DLQ_MAX_MESSAGE_BYTES", "kafka_client_config", "librdkafka_logger"]
+
+DLQ_MAX_MESSAGE_BYTES: Final = 2 * 1024 * 1024
+"""The dead-letter topic's ``max.message.bytes`` (``python -m clickstream.topics`` and Pulumi
+set it), twice Kafka's default: any message the events topic took fits whole in a dead letter,
+with the letter's headers."""
 
 
 def kafka_client_config(settings: Settings) -> dict[str, str]:

@@ -72,15 +72,17 @@ class DeadLetter:
     source_topic: str
     source_partition: int
     source_offset: int
+    extra_headers: tuple[tuple[str, bytes], ...] = ()
 
     def headers(self) -> list[tuple[str, bytes]]:
-        """Kafka headers: ``reason``, ``detail`` and the ``source_*`` position."""
+        """Kafka headers: ``reason``, ``detail``, the ``source_*`` position, then any extra."""
         return [
             ("reason", self.reason.encode()),
             ("detail", self.detail.encode()),
             ("source_topic", self.source_topic.encode()),
             ("source_partition", str(self.source_partition).encode()),
             ("source_offset", str(self.source_offset).encode()),
+            *self.extra_headers,
         ]
 
 

@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from clickstream.cli import add_log_level, configure_logging
 from clickstream.errors import ClickstreamError, ConfigError, TerminalError, TransientError
-from clickstream.kafka import kafka_client_config, librdkafka_logger
+from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES, kafka_client_config, librdkafka_logger
 from clickstream.settings import load_settings
 
 __all__ = ["TopicOutcome", "TopicResult", "TopicSpec", "ensure_topics", "main"]
@@ -241,7 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.dlq_topic,
             args.dlq_partitions,
             args.replication_factor,
-            {"cleanup.policy": "delete", "retention.ms": str(args.dlq_retention_days * _DAY_MS)},
+            {
+                "cleanup.policy": "delete",
+                "retention.ms": str(args.dlq_retention_days * _DAY_MS),
+                # Room for any message the events topic took, plus the letter's headers.
+                "max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES),
+            },
         ),
     ]
     try:

@@ -25,6 +25,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pulumi
 import pulumi_aiven as aiven
 
+from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES
 from clickstream.stack_outputs import OutputKey
 from infrastructure.config import InfraConfig
 
@@ -148,10 +149,16 @@ class ClickstreamServices(pulumi.ComponentResource):
             opts=child,
         )
         topics = {
-            "events": (cfg.topic, cfg.partitions, cfg.retention_ms),
-            "dead-letters": (cfg.dlq_topic, cfg.dlq_partitions, cfg.dlq_retention_ms),
+            "events": (cfg.topic, cfg.partitions, cfg.retention_ms, None),
+            # Room for any message the events topic took, plus the dead letter's headers.
+            "dead-letters": (
+                cfg.dlq_topic,
+                cfg.dlq_partitions,
+                cfg.dlq_retention_ms,
+                str(DLQ_MAX_MESSAGE_BYTES),
+            ),
         }
-        for logical, (topic, partitions, retention_ms) in topics.items():
+        for logical, (topic, partitions, retention_ms, max_bytes) in topics.items():
             aiven.KafkaTopic(
                 f"topic-{logical}",
                 project=cfg.aiven_project,
@@ -164,6 +171,7 @@ class ClickstreamServices(pulumi.ComponentResource):
                     retention_ms=str(retention_ms),
                     cleanup_policy="delete",
                     min_insync_replicas=str(cfg.min_insync_replicas),
+                    max_message_bytes=max_bytes,
                 ),
                 opts=child,
             )

@@ -105,6 +105,10 @@ def test_topics_have_the_configured_partitions_replication_and_retention(deploye
     assert dead["config"]["retentionMs"] == "864000000"  # 240 h
     assert events["config"]["minInsyncReplicas"] == "2"
     assert events["config"]["cleanupPolicy"] == "delete"
+    # Dead letters carry whole messages of the events topic (up to Kafka's default 1 MiB)
+    # plus their headers: the dead-letter topic takes 2 MiB, the events topic the default.
+    assert dead["config"]["maxMessageBytes"] == str(2 * 1024 * 1024)
+    assert "maxMessageBytes" not in events["config"]
     assert events["terminationProtection"] is True
     assert events["serviceName"] == "clickstream-dev-kafka"
 

@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from clickstream.db.migrate import upgrade
+from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES
 
 
 @pytest.fixture
@@ -34,7 +35,9 @@ def topics(stack, kafka_topic_factory: Callable[..., str]) -> Iterator[Callable[
     def make(partitions: int = 3) -> Topics:
         events = kafka_topic_factory(partitions)
         dlq = events + ".dlq"
-        for future in admin.create_topics([NewTopic(dlq, 1, 1)]).values():
+        # As python -m clickstream.topics makes it: room for whole oversized messages.
+        config = {"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}
+        for future in admin.create_topics([NewTopic(dlq, 1, 1, config=config)]).values():
             future.result(30)
         created.append(dlq)
         return Topics(events, dlq)

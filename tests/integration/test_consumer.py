@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
 from sqlalchemy.engine import make_url
 
 from tests.golden import CASES, ExpectedSession, all_sessions
@@ -261,6 +262,58 @@ def test_bad_input_is_dead_lettered_with_a_reason_and_good_input_is_stored(
         assert int(letter.headers["source_offset"]) >= 0
         assert 0 <= int(letter.headers["source_partition"]) < 3
     assert f"dead-lettered {len(BAD_INPUT)}" in output
+
+
+def test_a_message_near_kafkas_size_limit_is_dead_lettered_whole(
+    stack, topics, migrated_database_url, tmp_path: Path
+) -> None:
+    # 990,000 random bytes: near what the events topic takes by default (about 1 MiB), and
+    # incompressible, so the dead letter (value + headers) is that large on the broker too.
+    huge = random.Random(5).randbytes(990_000)
+    t = topics(1)
+    good = _valid(2000)
+    messages = [(b"huge", huge), (b"good", json.dumps(good).encode())]
+    produce(stack.kafka_bootstrap, t.events, messages)
+    output = run_consumer(
+        _env(stack, t, migrated_database_url), "--no-opensearch", log=tmp_path / "c.log"
+    )
+    assert scalar(migrated_database_url, "SELECT count(*) FROM events") == 1
+    [letter] = read_all(stack.kafka_bootstrap, t.dlq, expected=1)
+    assert letter.key == b"huge"
+    assert letter.headers["reason"] == "too_large"
+    assert "truncated" not in letter.headers, output[-2000:]
+    assert letter.value == huge
+
+
+def test_a_dead_letter_topic_with_a_small_limit_gets_a_cut_letter_that_says_so(
+    stack, kafka_topic_factory, migrated_database_url, tmp_path: Path
+) -> None:
+    events_topic = kafka_topic_factory(1)
+    small_dlq = events_topic + ".dlq"
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    config = {"max.message.bytes": "300000"}  # made elsewhere, below what the letter needs
+    for future in admin.create_topics([NewTopic(small_dlq, 1, 1, config=config)]).values():
+        future.result(30)
+    try:
+        big = random.Random(6).randbytes(400_000)
+        produce(stack.kafka_bootstrap, events_topic, [(b"big", big)])
+        env = consumer_env(
+            bootstrap=stack.kafka_bootstrap,
+            topic=events_topic,
+            group=f"test-{uuid.uuid4()}",
+            database_url=migrated_database_url,
+        )
+        output = run_consumer(env, "--no-opensearch", log=tmp_path / "c.log")
+        [letter] = read_all(stack.kafka_bootstrap, small_dlq, expected=1)
+    finally:
+        for future in admin.delete_topics([small_dlq]).values():
+            future.result(30)
+    # Refused at 400,000 bytes, accepted when halved: the head of the original, and headers.
+    assert letter.headers["reason"] == "too_large"
+    assert letter.headers["truncated"] == "true"
+    assert letter.headers["original_size"] == "400000"
+    assert letter.value == big[:200_000]
+    assert "max.message.bytes" in output
 
 
 def test_sigkill_at_several_points_loses_and_doubles_nothing(

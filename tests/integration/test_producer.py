@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource
 
 from clickstream import produce, topics
 from clickstream.events import ClickEvent, decode_event
@@ -197,6 +197,9 @@ def test_topics_command_is_idempotent(
     metadata = admin.list_topics(timeout=10).topics
     assert len(metadata[events].partitions) == 4
     assert len(metadata[dlq].partitions) == 1
+    # The dead-letter topic takes whole messages of the events topic plus their headers.
+    [described] = admin.describe_configs([ConfigResource("topic", dlq)]).values()
+    assert described.result(10)["max.message.bytes"].value == str(2 * 1024 * 1024)
 
 
 def test_topics_command_gives_up_on_an_unreachable_broker() -> None:
