@@ -285,6 +285,7 @@ class _SearchSync:
         self._done = threading.Condition()
         self._started = 0  # drains begun, and ...
         self._finished = 0  # ... finished, so far
+        self._complete = False  # the next drain waits for other processes' drains
         self._last_ok = False
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="search-outbox", daemon=True)
@@ -300,8 +301,9 @@ class _SearchSync:
                     if self._closing:
                         return
                     self._started += 1
+                    complete, self._complete = self._complete, False
                 began = time.monotonic()
-                ok = _sync(self._processor)
+                ok = _sync(self._processor, wait=complete)
                 with self._done:
                     self._finished += 1
                     self._last_ok = ok
@@ -318,13 +320,17 @@ class _SearchSync:
         if self._failure is not None:
             raise self._failure
 
-    def drain_now(self) -> bool:
+    def drain_now(self, *, complete: bool = False) -> bool:
         """Wait for a drain that begins after this call; return whether it succeeded.
 
-        Everything committed before the call is then synchronised (unless it failed).
+        A drain that finds another process draining leaves the queue to it, and that drain
+        may have claimed its last batch already. With ``complete`` (before exiting) the drain
+        waits for the other one and drains the rest, so everything committed before the call
+        is synchronised on return (unless it failed).
         """
         with self._done:
             wanted = self._started + 1
+            self._complete = self._complete or complete
             self._wake.set()
             while self._finished < wanted and self._failure is None:
                 self._done.wait()
@@ -380,8 +386,9 @@ def _consume(
         batch = [m for m in messages if not _is_error(m)]
         if not batch:
             progress.maybe_log(consumer)
-            synced = sync.drain_now() if sync is not None else True
             idle = time.monotonic() - last_message
+            leaving = options.exit_when_idle is not None and idle >= options.exit_when_idle
+            synced = sync.drain_now(complete=leaving) if sync is not None else True
             if synced and _caught_up(consumer, topic, idle, options.exit_when_idle):
                 _log.info("caught up and idle for %.0fs: exiting", idle)
                 return
@@ -402,10 +409,10 @@ def _consume(
         progress.maybe_log(consumer)
 
 
-def _sync(processor: BatchProcessor) -> bool:
+def _sync(processor: BatchProcessor, *, wait: bool) -> bool:
     """Drain the search outbox (session documents); False if OpenSearch is unavailable."""
     try:
-        processor.sync_search()
+        processor.sync_search(wait=wait)
     except TransientError as exc:
         _log.warning("search outbox not drained (%s); will retry", exc)
         return False

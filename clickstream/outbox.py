@@ -24,6 +24,7 @@ Drainers exclude each other, so an older state can never overwrite a newer one i
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
@@ -52,6 +53,7 @@ _PG_ENQUEUE: Final = text(
 )
 _PG_DRAIN_LOCK: Final = text("SELECT pg_try_advisory_xact_lock(:space, :key)")
 _DRAIN_LOCK_KEYS: Final = {"space": 0x636C6B73, "key": 0x6F757462}  # "clks", "outb"
+_LOCK_POLL_S: Final = 0.1
 _PG_DOCUMENTS: Final = text(
     f"SELECT s.session_id, {session_json_sql([c.name for c in sessions_table.columns], alias='s')}"
     " FROM sessions s"
@@ -96,8 +98,13 @@ def drain(
     *,
     on_rejected: Callable[[Sequence[Any], Mapping[str, Document]], None],
     batch_size: int = _DRAIN_BATCH,
+    wait: bool = False,
 ) -> int:
     """Synchronise queued sessions with OpenSearch; returns how many ids were drained.
+
+    When another drainer is at work, return at once; with ``wait``, wait for it and then drain
+    what it left (ids queued after its last claim), so that everything committed before the
+    call is synchronised on return.
 
     ``upsert_documents(documents, deleted_ids)`` writes the documents (by ``session_id``) to
     OpenSearch, deletes the others, and returns the rejections (objects with ``doc_id``,
@@ -109,26 +116,42 @@ def drain(
         TransientError: from the sink; the ids stay queued for the next drain.
     """
     total = 0
-    postgres = engine.dialect.name == "postgresql"
     while True:
         with engine.begin() as conn:
-            if postgres and not conn.execute(_PG_DRAIN_LOCK, _DRAIN_LOCK_KEYS).scalar():
-                return total  # another drainer is at work, and drains what is queued
-            queued = _claim(conn, batch_size, lock_rows=not postgres)
-            if not queued:
+            drained = _drain_batch(conn, upsert_documents, on_rejected, batch_size)
+        if drained is None:  # another drainer is at work, and drains what is queued
+            if not wait:
                 return total
-            ids = [session_id for session_id, _ in queued]
-            # A statement after the claim (read committed: a newer snapshot): each session
-            # row is at least as new as the version claimed for it.
-            documents = _pg_documents(conn, ids) if postgres else _rows(conn, ids)
-            gone = [sid for sid in ids if sid not in documents]
-            rejected = upsert_documents(documents, gone)
-            if rejected:
-                on_rejected(rejected, documents)
-            _remove(conn, queued, postgres=postgres)
-            total += len(queued)
-            if len(queued) < batch_size:
-                return total
+            time.sleep(_LOCK_POLL_S)  # poll: never leave a statement blocked on the lock
+            continue
+        total += drained
+        if drained < batch_size:
+            return total
+
+
+def _drain_batch(
+    conn: Connection,
+    upsert_documents: Callable[[Mapping[str, Document], Sequence[str]], Sequence[Any]],
+    on_rejected: Callable[[Sequence[Any], Mapping[str, Document]], None],
+    batch_size: int,
+) -> int | None:
+    """One drain transaction: claim, write, remove; ``None`` if another drainer holds the lock."""
+    postgres = conn.dialect.name == "postgresql"
+    if postgres and not conn.execute(_PG_DRAIN_LOCK, _DRAIN_LOCK_KEYS).scalar():
+        return None
+    queued = _claim(conn, batch_size, lock_rows=not postgres)
+    if not queued:
+        return 0
+    ids = [session_id for session_id, _ in queued]
+    # A statement after the claim (read committed: a newer snapshot): each session
+    # row is at least as new as the version claimed for it.
+    documents = _pg_documents(conn, ids) if postgres else _rows(conn, ids)
+    gone = [sid for sid in ids if sid not in documents]
+    rejected = upsert_documents(documents, gone)
+    if rejected:
+        on_rejected(rejected, documents)
+    _remove(conn, queued, postgres=postgres)
+    return len(queued)
 
 
 def _claim(conn: Connection, limit: int, *, lock_rows: bool) -> list[tuple[str, int]]:

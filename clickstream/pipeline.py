@@ -242,11 +242,13 @@ class BatchProcessor:
             self.dead_letters.send(letters)
         return total
 
-    def sync_search(self) -> int:
+    def sync_search(self, *, wait: bool = False) -> int:
         """Bring OpenSearch's session documents in line with committed SQL state.
 
         The consumer calls it every few seconds and when idle; the outbox is durable, so
         whatever one consumer leaves queued (a crash, an outage) any consumer drains later.
+        With ``wait``, a drain another process is running is waited for, so everything
+        committed before the call is in OpenSearch on return (before exiting, say).
 
         Raises:
             TransientError: OpenSearch or the database is unavailable; call again later.
@@ -258,6 +260,7 @@ class BatchProcessor:
                 self.engine,
                 self.search.upsert_session_documents,
                 on_rejected=self._dead_letter_sessions,
+                wait=wait,
             )
         except DBAPIError as exc:
             if _is_unavailable(exc):

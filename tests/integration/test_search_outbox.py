@@ -7,6 +7,7 @@ documents in tests/integration/test_search_opensearch.py and test_consumer.py.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -173,6 +174,37 @@ def test_one_drainer_at_a_time(engine: Engine) -> None:
     assert outbox.drain(engine, upsert, on_rejected=_no_rejections) == 1
     assert nested == [0]
     assert inner.calls == []
+    assert _queued(engine) == {}
+
+
+def test_a_waiting_drain_drains_what_a_busy_drainer_left(engine: Engine) -> None:
+    _store(engine, [sample_session_row("s-1")])
+    outer = Recorder([])
+    inner = Recorder([])
+    nested: list[int] = []
+
+    def upsert(documents: Mapping[str, outbox.Document], deleted: Sequence[str]) -> list[Any]:
+        outer(documents, deleted)
+        # While this drainer writes its (last) batch, another process commits a session ...
+        _store(engine, [sample_session_row("s-2")])
+        # ... and, about to exit, drains with wait: it must not give up on the busy lock.
+        worker = threading.Thread(
+            target=lambda: nested.append(
+                outbox.drain(engine, inner, on_rejected=_no_rejections, wait=True)
+            )
+        )
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive(), "the waiting drain returned while the lock was held"
+        waiting.append(worker)
+        return []
+
+    waiting: list[threading.Thread] = []
+    assert outbox.drain(engine, upsert, on_rejected=_no_rejections) == 1
+    waiting[0].join(20)
+    assert nested == [1]
+    assert [sorted(documents) for documents, _ in outer.calls] == [["s-1"]]
+    assert [sorted(documents) for documents, _ in inner.calls] == [["s-2"]]
     assert _queued(engine) == {}
 
 

@@ -315,14 +315,16 @@ class Drains:
     most_at_once: int = 0
     entered: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    waits: list[bool] = field(default_factory=list)
 
-    def sync_search(self) -> int:
+    def sync_search(self, *, wait: bool = False) -> int:
         self.entered.set()
         self.calls += 1
+        self.waits.append(wait)
         self.running += 1
         self.most_at_once = max(self.most_at_once, self.running)
         try:
-            self.release.wait()
+            self.release.wait(30)
             outcome = self.outcomes.pop(0) if self.outcomes else None
             if outcome is not None:
                 raise outcome
@@ -336,12 +338,12 @@ def test_the_drainer_drains_on_request_and_reports_transient_failures() -> None:
     sync = _SearchSync(drains, interval=3600)  # type: ignore[arg-type]
     sync.start()
     try:
-        drains.entered.wait()  # the start-up drain is under way (and waits for release)
+        assert drains.entered.wait(30)  # the start-up drain is under way (and waits for release)
         results = []
         requester = threading.Thread(target=lambda: results.append(sync.drain_now()))
         requester.start()
         drains.release.set()
-        requester.join()
+        requester.join(30)
         # Not the start-up drain's result: a drain that began after the request.
         assert results == [False]
         assert sync.drain_now() is True
@@ -352,6 +354,22 @@ def test_the_drainer_drains_on_request_and_reports_transient_failures() -> None:
     sync.check()  # transient failures do not stop the drainer
 
 
+def test_only_a_complete_drain_waits_for_other_processes_drains() -> None:
+    drains = Drains()
+    drains.release.set()
+    sync = _SearchSync(drains, interval=3600)  # type: ignore[arg-type]
+    sync.start()
+    try:
+        assert drains.entered.wait(10)  # the start-up drain began: requests come after it
+        assert sync.drain_now() is True
+        assert sync.drain_now(complete=True) is True  # before exiting
+        assert sync.drain_now() is True
+    finally:
+        sync.close()
+    # the start-up drain, then one per request: only the one before exiting waits
+    assert drains.waits == [False, False, True, False]
+
+
 def test_close_lets_the_current_drain_finish_and_stops_the_drainer() -> None:
     drains = Drains()
     sync = _SearchSync(drains, interval=3600)  # type: ignore[arg-type]
@@ -359,7 +377,7 @@ def test_close_lets_the_current_drain_finish_and_stops_the_drainer() -> None:
     closer = threading.Thread(target=sync.close)
     closer.start()
     drains.release.set()  # the start-up drain was waiting; it completes, then the thread ends
-    closer.join()
+    closer.join(30)
     assert drains.calls == 1
     assert drains.running == 0
 
