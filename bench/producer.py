@@ -8,10 +8,11 @@ Run ``python -m bench.producer`` with the local stack up. It measures, in one ru
   the records): how fast events can be *made*;
 * the ceiling: the client configured as :class:`~clickstream.producer.EventProducer`
   configures it, sending pre-serialized payloads (the very bytes and keys of the simulated
-  events) in a bare ``produce`` loop that polls as often as the producer does; and, for
-  reference, the same with a Python delivery callback per message and ``poll(0)`` after each
-  ``produce`` (the naive loop);
-* end to end: :class:`~clickstream.producer.EventProducer` fed by the simulator's wire path,
+  events) in a bare ``produce`` loop (the same loop as ``EventProducer.send_many``) that polls
+  as often as the producer does; and, for reference, the same with a Python delivery callback
+  per message and ``poll(0)`` after each ``produce`` (the naive loop);
+* end to end: :meth:`EventProducer.send_many <clickstream.producer.EventProducer.send_many>`
+  (what ``python -m clickstream.produce`` uses when unpaced) fed by the simulator's wire path,
   events made inside the timed loop.
 
 It prints events/s for each and the ratio end-to-end / ceiling. ``--soak MINUTES`` instead
@@ -121,7 +122,10 @@ def _ceiling(config: dict[str, Any], topic: str, messages: Sequence[tuple[bytes,
     produce, poll = producer.produce, producer.poll
     sent = 0
     for key, value in messages:
-        _produce_when_room(produce, poll, topic, value, key)
+        try:
+            produce(topic, value, key)
+        except BufferError:
+            _produce_when_room(produce, poll, topic, value, key)
         sent += 1
         if not sent % POLL_EVERY:
             poll(0)
@@ -158,9 +162,7 @@ def _naive_client(
 
 def _end_to_end(config: dict[str, Any], topic: str, count: int, seed: int) -> int:
     producer = EventProducer(config, topic=topic)
-    send = producer.send
-    for key, value, _ in islice(_simulator(seed).messages(), count):
-        send(key, value)
+    producer.send_many(islice(_simulator(seed).messages(), count))
     producer.flush(timeout=60)
     if producer.stats.delivered != count:
         msg = f"end-to-end run delivered {producer.stats.delivered} of {count}"
@@ -176,26 +178,22 @@ def _rss_mib() -> float:
 
 def _soak(config: dict[str, Any], topic: str, minutes: float, sample_seconds: float) -> None:
     producer = EventProducer(config, topic=topic)
-    send = producer.send
+    messages = _simulator(seed=1).messages()
     started = time.monotonic()
     next_sample, end = started, started + minutes * 60
     sent = 0
     samples: list[tuple[float, int, float]] = []
     print(f"{'seconds':>8} {'sent':>12} {'events/s':>10} {'RSS MiB':>8}")
-    for key, value, _ in _simulator(seed=1).messages():
-        send(key, value)
-        sent += 1
-        if sent % 4096 == 0:
-            now = time.monotonic()
-            if now >= next_sample:
-                elapsed = now - started
-                samples.append((elapsed, sent, _rss_mib()))
-                print(
-                    f"{elapsed:8.0f} {sent:12,} {_rate(sent, elapsed):10,.0f} {samples[-1][2]:8.1f}"
-                )
-                next_sample = now + sample_seconds
-            if now >= end:
-                break
+    while True:
+        sent += producer.send_many(islice(messages, 4096))
+        now = time.monotonic()
+        if now >= next_sample:
+            elapsed = now - started
+            samples.append((elapsed, sent, _rss_mib()))
+            print(f"{elapsed:8.0f} {sent:12,} {_rate(sent, elapsed):10,.0f} {samples[-1][2]:8.1f}")
+            next_sample = now + sample_seconds
+        if now >= end:
+            break
     producer.flush(timeout=60)
     rss = [sample[2] for sample in samples]
     settled = rss[len(rss) // 4 :] or rss

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -109,9 +109,9 @@ class DeliveryStats:
 class EventProducer:
     """An idempotent producer of click events to one topic.
 
-    Call :meth:`send` for each message; it serves callbacks as it goes (``poll(0)`` once per
-    :data:`POLL_EVERY` messages) and waits, polling, when the local queue is full. Finish with
-    :meth:`flush`.
+    Call :meth:`send` for each message (or :meth:`send_many` for a stream of them); it serves
+    callbacks as it goes (``poll(0)`` once per :data:`POLL_EVERY` messages) and waits, polling,
+    when the local queue is full. Finish with :meth:`flush`.
 
     Args:
         config: a librdkafka configuration, normally :func:`producer_config`.
@@ -195,6 +195,34 @@ class EventProducer:
         if not self._sent % POLL_EVERY:
             self._poll(0)
         return True
+
+    def send_many(self, messages: Iterable[tuple[bytes, bytes, int]]) -> int:
+        """Queue each ``(key, value, occurred_ms)`` of ``messages``; return how many were queued.
+
+        The same as :meth:`send` for each message (``occurred_ms`` is not used), in one loop
+        without a Python call per message: the unpaced producer's fast path. Returns early only
+        when :meth:`cancel` interrupted a wait for queue space (that message is not queued).
+
+        Raises:
+            DeliveryError: the producer hit a fatal error (e.g. lost idempotence state).
+        """
+        produce, poll, topic = self._produce, self._poll, self.topic
+        sent = before = self._sent
+        try:
+            for key, value, _ in messages:
+                try:
+                    produce(topic, value, key)
+                except BufferError:
+                    if not self._send_when_room(key, value):
+                        break
+                sent += 1
+                if not sent % POLL_EVERY:
+                    poll(0)
+        except KafkaException as exc:
+            raise DeliveryError(f"cannot produce to {topic!r}: {exc.args[0]}") from exc
+        finally:
+            self._sent = sent
+        return sent - before
 
     def _send_when_room(self, key: bytes, value: bytes) -> bool:
         while not self._cancelled:

@@ -28,7 +28,7 @@ import heapq
 import math
 import random
 import time
-from bisect import bisect
+from bisect import bisect, insort
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -771,8 +771,12 @@ def _dwell_table(median_s: float, sigma: float, max_s: float) -> tuple[tuple[flo
     return tuple((knots[i], knots[i + 1] - knots[i]) for i in range(_DWELL_STEPS))
 
 
-class _Page(NamedTuple):
-    """A page as the events on it render it; built once per URL where the URL is fixed."""
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """A page as the events on it render it; built once per URL where the URL is fixed.
+
+    A slotted class rather than a named tuple: reading a slot is the faster attribute access.
+    """
 
     url: str
     page_type: PageType
@@ -780,6 +784,15 @@ class _Page(NamedTuple):
     """JSON members ``page_url`` and ``page_type``, with a leading comma."""
     as_referrer: str
     """JSON member ``referrer_url`` naming this page, for the next page's events."""
+
+
+_Referrer = tuple[str | None, str]
+"""A referrer URL (or None) and its JSON member ``referrer_url`` with a leading comma (or "")."""
+_NO_REFERRER: Final[_Referrer] = (None, "")
+
+
+def _referrer(url: str) -> _Referrer:
+    return url, ',"referrer_url":' + _json_string(url)
 
 
 def _page(url: str, page_type: PageType) -> _Page:
@@ -803,67 +816,23 @@ class _Product:
     """(results page, details of the search event) for a few queries that find the product."""
 
 
-class _Session:
-    """A visit in progress: where the visitor is, what is in the cart, what comes next."""
-
-    __slots__ = (
-        "as_referrer",
-        "body",
-        "buying",
-        "cart",
-        "category",
-        "device",
-        "head",
-        "page",
-        "page_count",
-        "page_type",
-        "pending",
-        "purchased",
-        "search_product",
-        "session_id",
-        "url",
-        "visitor",
-    )
-
-    def __init__(self, visitor: Visitor, session_id: str | None, *, buying: bool) -> None:
-        self.visitor = visitor
-        self.session_id = session_id
-        # The JSON of an event's shared fields is head + body + device: head and device are the
-        # session's and the visitor's, body is the current page's.
-        self.head = visitor.json_user
-        if session_id is not None:
-            self.head += f',"session_id":{_json_string(session_id)}'
-        self.device = visitor.json_device
-        self.body = ""
-        """JSON members ``page_url`` through ``utm_campaign`` of the current page."""
-        self.as_referrer = ""
-        """JSON member ``referrer_url`` naming the current page, for the next page."""
-        self.buying = buying
-        self.purchased = False
-        self.cart: list[_Product] = []
-        self.page_count = 0
-        self.page_type = PageType.HOME
-        self.url = ""
-        self.page: PageVisit | None = None
-        """The current page as a record (only when the simulator yields records)."""
-        self.category = ""
-        self.search_product: _Product | None = None
-        # Events of the current page not yet emitted, the next one last: (due ms, type, details).
-        self.pending: list[tuple[int, EventType, EventDetails]] = []
+_Pending = tuple[int, int, EventType, Visitor, PageVisit | None, str, EventDetails]
+"""An event made but not yet emitted: due time (ms), sequence number (events are numbered as they
+are made, so ties in time keep that order and no two entries compare further), type, visitor,
+page record (None on the wire path), JSON members ``user_id`` through ``longitude`` of its page,
+details."""
 
 
-class WireEvent(NamedTuple):
-    """A simulated event ready for Kafka: what :meth:`TrafficSimulator.messages` yields."""
-
-    key: bytes
-    """The message key: ``user_id``."""
-    value: bytes
-    """The event as JSON, byte-identical to :meth:`SimulatedEvent.to_json`."""
-    occurred_ms: int
-    """The event time in milliseconds since the Unix epoch (UTC), for pacing."""
+WireEvent = tuple[bytes, bytes, int]
+"""A simulated event ready for Kafka, what :meth:`TrafficSimulator.messages` yields:
+``(key, value, occurred_ms)``, the message key (``user_id``), the event as JSON (byte-identical
+to :meth:`SimulatedEvent.to_json`) and the event time in milliseconds since the Unix epoch (UTC),
+for pacing. A plain tuple: the wire path makes one per event, and a named tuple costs more."""
 
 
 _new_tuple = tuple.__new__
+_floor = math.floor
+"""int() of a non-negative float, about twice as fast as int()."""
 _sqrt, _cos, _sin, _TWO_PI = math.sqrt, math.cos, math.sin, 2.0 * math.pi
 _UUID_KEEP: Final = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID_V4: Final = (0x4000 << 64) | (0x8000 << 48)
@@ -899,8 +868,15 @@ def _format_uuid4_batch(bits: int) -> list[str]:
     return text[:-1].decode().split(",")
 
 
+_E4_FRACTIONS: Final = (".0", *(f".{n:04d}".rstrip("0") for n in range(1, 10_000)))
+"""The fractional part of a number of 0.0001 units as repr() writes it, by units mod 10000."""
+_DEGREES: Final = tuple(str(n) for n in range(1000))
+"""Whole degrees as text (a look-up is cheaper than formatting an int); room for any jitter."""
+
 _CLOCK_EVERY: Final = 256
 """In clamp mode, read the clock at most once per this many events."""
+_NEVER: Final = 2**62
+"""A time after every event (milliseconds)."""
 
 _HOME, _CATEGORY, _PRODUCT, _SEARCH = (
     PageType.HOME,
@@ -910,6 +886,8 @@ _HOME, _CATEGORY, _PRODUCT, _SEARCH = (
 )
 _CART, _CHECKOUT, _CONFIRMATION = PageType.CART, PageType.CHECKOUT, PageType.CONFIRMATION
 _ACCOUNT = PageType.ACCOUNT
+_DIRECT, _ORGANIC_SEARCH, _PAID_SEARCH = Channel.DIRECT, Channel.ORGANIC_SEARCH, Channel.PAID_SEARCH
+_SOCIAL, _EMAIL, _REFERRAL = Channel.SOCIAL, Channel.EMAIL, Channel.REFERRAL
 _PAGE_VIEW, _ADD_TO_CART, _SEARCH_EVENT = (
     EventType.PAGE_VIEW,
     EventType.ADD_TO_CART,
@@ -952,6 +930,8 @@ class TrafficSimulator:
         self._start_ms = _to_ms(start if start is not None else clock())
         self._end_ms = _to_ms(end) if end is not None else None
         self._clamp = clamp_to_clock
+        self._base_ms = self._start_ms - self._start_ms % 1000
+        """Session and queue times count milliseconds from here (see _stream)."""
         self._rng = random.Random(seed)  # noqa: S311 - a simulation, not secrets
         self._faker = Faker("en_US")
         self._faker.seed_instance(seed)
@@ -967,6 +947,20 @@ class TrafficSimulator:
         self._jitter_km = self.config.location_jitter_km
         self._known: list[Visitor] = []
         self._cooling: list[tuple[int, int, Visitor]] = []
+        """Visitors whose last session is over, by when they may come back (and session number)."""
+        # Events made and not yet emitted wait in a calendar queue: buckets of 2**bits ms (about
+        # a hundred events each), a heap of the bucket numbers, and the bucket being emitted,
+        # sorted. Per event that is a list append and a pop, where a heap of all the pending
+        # events (ten thousand and more) costs a few dozen comparisons.
+        self._bucket_bits = max(0, round(math.log2(100_000.0 / self.config.events_per_second)))
+        self._buckets: dict[int, list[_Pending]] = {}
+        self._bucket_heap: list[int] = []
+        self._current: list[_Pending] = []
+        """The bucket being emitted, sorted (emitted from the front, by position)."""
+        self._current_index = -1
+        self._sequence = 0
+        """Events made so far."""
+        self._sessions = 0
         self.mean_events_per_session, self.mean_session_seconds = self._estimate_sessions()
 
     @classmethod
@@ -1023,86 +1017,78 @@ class TrafficSimulator:
         return self._stream(wire=True)  # type: ignore[return-value]
 
     def _stream(self, *, wire: bool) -> Iterator[SimulatedEvent | WireEvent]:
-        # The hot loop: locals instead of attribute look-ups, tuples built directly, the heap
-        # entry of the session just served replaced in place rather than popped and pushed.
-        # The wire path renders each event's JSON in one go from the session's pieces; the
-        # records path builds a PageVisit per page for the SimulatedEvents to share.
+        # The hot loop. A session is played to its end when it starts (_play queues all its
+        # events), so per event there is the queue, an id and the rendering. The wire path
+        # renders each event's JSON in one go from its page's JSON; the records path builds a
+        # PageVisit per page for the SimulatedEvents to share. Times are milliseconds since
+        # `base` (the start's second), small ints that Python adds and compares faster.
         self._records = not wire
+        base = self._base_ms
         uniform, log = self._rng.random, math.log
-        heappush, heappop, heapreplace = heapq.heappush, heapq.heappop, heapq.heapreplace
-        start_session, next_page = self._start_session, self._next_page
-        cooling = self._cooling
-        return_after_ms = int(self.config.return_after_min_seconds * 1000)
+        heappop, play = heapq.heappop, self._play
+        buckets, bucket_heap, bucket_bits = self._buckets, self._bucket_heap, self._bucket_bits
+        current, position = self._current, 0
         ids, more_ids = self._ids, self._more_ids
         take_id = ids.pop
-        make, event_class, wire_class = _new_tuple, SimulatedEvent, WireEvent
+        make, event_class = _new_tuple, SimulatedEvent
         heads, millis_text, second_prefix = _EVENT_HEADS, _MILLIS, _second_prefix
         arrivals_per_ms = self.config.events_per_second / self.mean_events_per_session / 1000.0
-        heap: list[tuple[int, int, _Session]] = []
-        sequence = 0
-        next_arrival = float(self._start_ms)
-        end_ms = self._end_ms if self._end_ms is not None else 2**62
-        clamp, clock, start_ms = self._clamp, self._clock, self._start_ms
-        clock_ms, stale, last_stamp = start_ms, 0, start_ms
+        start_ms = self._start_ms - base
+        next_arrival = float(start_ms)
+        end_ms = self._end_ms - base if self._end_ms is not None else 2**62
+        clamp, clock = self._clamp, self._clock
+        clock_ms, stale = start_ms, 0
         second_ms, next_second_ms, prefix = 0, 0, ""
         while True:
-            if heap and (top := heap[0])[0] < next_arrival:
-                session = top[2]
-                queued = True
-            else:
-                session = start_session(int(next_arrival))
-                queued = False
+            try:
+                due, _, event_type, visitor, page, json, details = current[position]
+            except IndexError:
+                if bucket_heap and bucket_heap[0] << bucket_bits < next_arrival:
+                    # The next bucket starts before the next session: emit from it. (Events
+                    # made later for this bucket are inserted after the position: they are
+                    # due no earlier than the next session, and numbered after the rest.)
+                    index = heappop(bucket_heap)
+                    current, position = buckets.pop(index), 0
+                    current.sort()
+                    self._current, self._current_index = current, index
+                    continue
+                due = _NEVER
+            if due >= next_arrival:
+                play(_floor(next_arrival))
                 # Poisson arrivals: exponential gaps (as random.expovariate draws them).
                 next_arrival -= log(1.0 - uniform()) / arrivals_per_ms
-            pending = session.pending
-            due, event_type, details = pending.pop()
+                continue
+            position += 1
             if due > end_ms:
                 return
             stamp = due
-            if clamp:
+            if clamp and due > clock_ms:
+                # Stamps stay in order: both the due times and clock_ms never decrease. The
+                # clock is read every _CLOCK_EVERY such events (every one until it has moved).
+                if stale:
+                    stale -= 1
+                else:
+                    clock_ms = max(clock_ms, _to_ms(clock()) - base)
+                    stale = _CLOCK_EVERY - 1 if clock_ms != start_ms else 0
                 if due > clock_ms:
-                    stale += 1
-                    if stale >= _CLOCK_EVERY or clock_ms == start_ms:
-                        clock_ms, stale = max(clock_ms, _to_ms(clock())), 0
-                    if due > clock_ms:
-                        stamp = clock_ms
-                if stamp < last_stamp:  # noqa: PLR1730 - cheaper than calling max()
-                    stamp = last_stamp
-                last_stamp = stamp
+                    stamp = clock_ms
             if not ids:
                 more_ids()
             if wire:
                 if stamp >= next_second_ms:
                     second_ms = stamp - stamp % 1000
                     next_second_ms = second_ms + 1000
-                    prefix = second_prefix(second_ms // 1000)
-                yield make(
-                    wire_class,
-                    (
-                        session.visitor.key,
-                        f'{{"event_id":"{take_id()}{heads[event_type]}{prefix}'
-                        f"{millis_text[stamp - second_ms]},{session.head}{session.body}"
-                        f"{session.device}{details.json}}}".encode(),
-                        stamp,
-                    ),
+                    prefix = second_prefix((base + second_ms) // 1000)
+                yield (
+                    visitor.key,
+                    f'{{"event_id":"{take_id()}{heads[event_type]}{prefix}'
+                    f"{millis_text[stamp - second_ms]},{json}{details.json}}}".encode(),
+                    base + stamp,
                 )
             else:
                 yield make(
-                    event_class,
-                    (take_id(), event_type, stamp, session.visitor, session.page, details),
+                    event_class, (take_id(), event_type, base + stamp, visitor, page, details)
                 )
-            sequence += 1
-            if pending or next_page(session, due):
-                entry = (session.pending[-1][0], sequence, session)
-                if queued:
-                    heapreplace(heap, entry)
-                else:
-                    heappush(heap, entry)
-            else:
-                if queued:
-                    heappop(heap)
-                # The session is over: its visitor may come back after the 30-minute gap.
-                heappush(cooling, (due + return_after_ms, sequence, session.visitor))
 
     def click_events(self) -> Iterator[ClickEvent]:
         """Like :meth:`events`, as validated :class:`ClickEvent` models (slower)."""
@@ -1150,8 +1136,10 @@ class TrafficSimulator:
         )
         self._channels = _weighted(list(config.channel_weights.items()))
         self._visitor_channels = _cumulative(list(config.channel_weights.items()))
-        self._engines = _weighted([((url, name), w) for url, name, w in _SEARCH_ENGINES])
-        self._socials = _weighted([((url, name), w) for url, name, w in _SOCIAL_NETWORKS])
+        self._engines = _weighted([((_referrer(url), name), w) for url, name, w in _SEARCH_ENGINES])
+        self._socials = _weighted(
+            [((_referrer(url), name), w) for url, name, w in _SOCIAL_NETWORKS]
+        )
         self._paid_campaigns = {
             name: [Campaign(name, "cpc", c) for c in _PAID_CAMPAIGNS]
             for _, name, _ in _SEARCH_ENGINES
@@ -1162,7 +1150,7 @@ class TrafficSimulator:
         }
         self._email_campaigns = [Campaign("newsletter", "email", c) for c in _EMAIL_CAMPAIGNS]
         self._referral_sites = [
-            f"https://{fake.domain_name()}/{fake.uri_path()}" for _ in range(40)
+            _referrer(f"https://{fake.domain_name()}/{fake.uri_path()}") for _ in range(40)
         ]
         site = config.site_url
         products: list[_Product] = []
@@ -1220,6 +1208,7 @@ class TrafficSimulator:
             for page_type, median in config.dwell_median_seconds.items()
         }
         self._max_pages = config.max_pages_per_session
+        self._return_after_ms = int(config.return_after_min_seconds * 1000)
         self._emit_session_id = config.emit_session_id
         self._cart_rates = (config.add_to_cart_rate_browse, config.add_to_cart_rate_buy)
 
@@ -1249,15 +1238,11 @@ class TrafficSimulator:
             for _ in range(samples):
                 channel = self._channels(self._random)
                 returning = self._random() < self.config.returning_share
-                session = self._open_session(someone[channel], 0, "estimate", returning=returning)
-                first = session.pending[-1][0]
-                while True:
-                    events += len(session.pending)
-                    last = session.pending[0][0]
-                    session.pending.clear()
-                    if not self._next_page(session, last):
-                        break
-                span += last - first
+                made = self._sequence
+                span += self._walk(someone[channel], 0, "estimate", returning=returning)
+                events += self._sequence - made
+                self._buckets.clear()
+                self._bucket_heap.clear()
         finally:
             self._random = main_random
         return events / samples, span / samples / 1000.0
@@ -1277,18 +1262,29 @@ class TrafficSimulator:
         profile, device_json = profiles[bisect(cumulative, random())]
         cities, cumulative = self._cities
         city, city_json, lon_per_km = cities[bisect(cumulative, random())]
-        # Uniform over a disc of location_jitter_km around the centre; 4 decimals is about
-        # 11 m, and "+ 0.0" turns a rounded -0.0 into 0.0.
+        # Uniform over a disc of location_jitter_km around the centre, rounded to 4 decimals
+        # (about 11 m) in integer units of 0.0001 degree: cheaper than round(x, 4) and repr().
         distance = self._jitter_km * _sqrt(random())
         bearing = random() * _TWO_PI
-        latitude = round(city.latitude + distance * _cos(bearing) / _KM_PER_DEGREE, 4) + 0.0
-        longitude = round(city.longitude + distance * _sin(bearing) * lon_per_km, 4) + 0.0
+        lat_e4 = _floor((city.latitude + distance * _cos(bearing) / _KM_PER_DEGREE) * 10_000 + 0.5)
+        lon_e4 = _floor((city.longitude + distance * _sin(bearing) * lon_per_km) * 10_000 + 0.5)
         if not self._visitor_ids:
             self._more_visitor_ids()
         user_id = self._visitor_ids.pop()
         # The same fragments as visitor() renders, from pieces rendered once per profile and
-        # city; for coordinates rounded to 4 decimals, repr() writes what pydantic writes.
-        device = f'{device_json}{city_json},"latitude":{latitude!r},"longitude":{longitude!r}'
+        # city; a coordinate's text is what pydantic writes for lat_e4 / 10_000.
+        degrees, fractions = _DEGREES, _E4_FRACTIONS
+        lat_text = (
+            f"{degrees[lat_e4 // 10_000]}{fractions[lat_e4 % 10_000]}"
+            if lat_e4 >= 0
+            else f"-{degrees[-lat_e4 // 10_000]}{fractions[-lat_e4 % 10_000]}"
+        )
+        lon_text = (
+            f"{degrees[lon_e4 // 10_000]}{fractions[lon_e4 % 10_000]}"
+            if lon_e4 >= 0
+            else f"-{degrees[-lon_e4 // 10_000]}{fractions[-lon_e4 % 10_000]}"
+        )
+        device = f'{device_json}{city_json},"latitude":{lat_text},"longitude":{lon_text}'
         channels, cumulative = self._visitor_channels
         return _new_tuple(
             Visitor,
@@ -1299,8 +1295,8 @@ class TrafficSimulator:
                 profile.browser,
                 city.country,
                 city.name,
-                latitude,
-                longitude,
+                lat_e4 / 10_000,
+                lon_e4 / 10_000,
                 channels[bisect(cumulative, random())],
                 user_id.encode(),
                 f'"user_id":"{user_id}"',
@@ -1308,7 +1304,8 @@ class TrafficSimulator:
             ),
         )
 
-    def _start_session(self, at_ms: int) -> _Session:
+    def _play(self, at_ms: int) -> None:
+        """Start a session at ``at_ms``: pick its visitor, make and queue all its events."""
         random, cooling, known = self._random, self._cooling, self._known
         while cooling and cooling[0][0] <= at_ms:
             known.append(heapq.heappop(cooling)[2])
@@ -1331,165 +1328,198 @@ class TrafficSimulator:
             if not self._ids:
                 self._more_ids()
             session_id = self._ids.pop()
-        return self._open_session(visitor, at_ms, session_id, returning=returning)
+        last_ms = self._walk(visitor, at_ms, session_id, returning=returning)
+        # The visitor may come back after the 30-minute gap that follows their last event.
+        self._sessions += 1
+        heapq.heappush(cooling, (last_ms + self._return_after_ms, self._sessions, visitor))
 
-    def _open_session(
-        self, visitor: Visitor, at_ms: int, session_id: str | None, *, returning: bool
-    ) -> _Session:
-        random, config = self._random, self.config
-        session = _Session(visitor, session_id, buying=random() < config.conversion_rate)
-        channel = visitor.channel
-        if returning and random() < config.returning_direct_share:
-            channel = Channel.DIRECT
-        referrer, campaign, landing = self._acquisition(channel)
-        as_referrer = "" if referrer is None else ',"referrer_url":' + _json_string(referrer)
-        self._visit(session, landing, at_ms, referrer, as_referrer, campaign)
-        return session
-
-    def _acquisition(self, channel: Channel) -> tuple[str | None, Campaign | None, PageType]:
+    def _acquisition(self, channel: Channel) -> tuple[_Referrer, Campaign | None, PageType]:
+        # Enum members come from module constants: a class attribute look-up on an enum costs
+        # more than the rest of a comparison.
         random = self._random
         choice = random()
         campaign: Campaign | None
-        if channel is Channel.ORGANIC_SEARCH:
-            url, _ = self._engines(random)
-            landing = (PageType.HOME, PageType.CATEGORY, PageType.PRODUCT)[int(choice * 3)]
-            return url, None, landing
-        if channel is Channel.PAID_SEARCH:
-            url, name = self._engines(random)
+        if channel is _ORGANIC_SEARCH:
+            referrer, _ = self._engines(random)
+            return referrer, None, (_HOME, _CATEGORY, _PRODUCT)[int(choice * 3)]
+        if channel is _PAID_SEARCH:
+            referrer, name = self._engines(random)
             campaign = _one_of(random, self._paid_campaigns[name])
-            return url, campaign, PageType.PRODUCT if choice < 0.6 else PageType.CATEGORY
-        if channel is Channel.SOCIAL:
-            url, name = self._socials(random)
+            return referrer, campaign, _PRODUCT if choice < 0.6 else _CATEGORY
+        if channel is _SOCIAL:
+            referrer, name = self._socials(random)
             tagged = choice < 0.4
             campaign = _one_of(random, self._social_campaigns[name]) if tagged else None
-            landing = PageType.PRODUCT if random() < 0.65 else PageType.CATEGORY
-            return url, campaign, landing
-        if channel is Channel.EMAIL:
+            return referrer, campaign, _PRODUCT if random() < 0.65 else _CATEGORY
+        if channel is _EMAIL:
             # Mail clients send no referrer; the UTM tags are the only trace.
             campaign = _one_of(random, self._email_campaigns)
-            return None, campaign, PageType.CATEGORY if choice < 0.5 else PageType.PRODUCT
-        if channel is Channel.REFERRAL:
-            url = _one_of(random, self._referral_sites)
-            return url, None, PageType.PRODUCT if choice < 0.7 else PageType.HOME
-        return None, None, PageType.HOME if choice < 0.7 else PageType.PRODUCT
+            return _NO_REFERRER, campaign, _CATEGORY if choice < 0.5 else _PRODUCT
+        if channel is _REFERRAL:
+            referrer = _one_of(random, self._referral_sites)
+            return referrer, None, _PRODUCT if choice < 0.7 else _HOME
+        return _NO_REFERRER, None, _HOME if choice < 0.7 else _PRODUCT
 
     # -- pages --------------------------------------------------------------------------------
 
-    def _next_page(self, session: _Session, now_ms: int) -> bool:
-        """Move the session to its next page (its events queued); False when it ends."""
-        random = self._random
-        current = session.page_type
-        converting = session.buying and not session.purchased
-        target: PageType | None
-        if session.page_count >= self._max_pages:
-            if not converting:
-                return False
-            target = _FORCED_NEXT[current]
-        else:
-            targets, cumulative = (self._buy if converting else self._browse)[current]
-            target = targets[bisect(cumulative, random())]
-            if target is None:
-                return False
-        if target is _CHECKOUT and not session.cart:
-            # Nothing to check out: the visitor goes back to the products.
-            target = _PRODUCT if converting else _CATEGORY
-        # Log-normal dwell time by inverse transform sampling (see _dwell_table).
-        step = random() * _DWELL_STEPS
-        index = int(step)
-        start, slope = self._dwell[current][index]
-        dwell_ms = int(start + (step - index) * slope)
-        self._visit(session, target, now_ms + dwell_ms, session.url, session.as_referrer)
-        return True
-
-    def _visit(  # noqa: PLR0917 - the hot path: positional arguments are cheaper
+    def _walk(
         self,
-        session: _Session,
-        page_type: PageType,
+        visitor: Visitor,
         at_ms: int,
-        referrer: str | None,
-        as_referrer: str,
-        campaign: Campaign | None = None,
-    ) -> None:
-        random = self._random
-        details = _NO_DETAILS
-        later: tuple[int, EventType, EventDetails] | None = None
-        if page_type is _PRODUCT:
-            # Often the product just searched for, else one of the category being browsed.
-            product = session.search_product
-            session.search_product = None
-            if product is None or random() >= 0.6:
-                if session.category and random() < 0.8:
-                    products, cumulative = self._by_category[session.category]
-                else:
-                    products, cumulative = self._products
+        session_id: str | None,
+        *,
+        returning: bool,
+    ) -> int:
+        """Play a session that lands at ``at_ms``: make its events and queue them.
+
+        Returns the time of the session's last event.
+
+        The visitor walks from page to page along the Markov chain until it says exit (or the
+        session reaches ``max_pages_per_session``); each page gets a ``page_view`` and maybe one
+        more event (search, add to or remove from cart, begin checkout, purchase) a moment
+        later, and the next page comes a dwell time after the page's last event.
+        """
+        random, config, records = self._random, self.config, self._records
+        max_pages, cart_rates, dwell = self._max_pages, self._cart_rates, self._dwell
+        buying = random() < config.conversion_rate
+        channel = visitor.channel
+        if returning and random() < config.returning_direct_share:
+            channel = _DIRECT
+        (referrer, as_referrer), campaign, page_type = self._acquisition(channel)
+        # The JSON of an event's shared fields is head + body + device: head and device are the
+        # session's and the visitor's, body is the current page's (as page_visit() renders it).
+        head = visitor.json_user
+        if session_id is not None:
+            # Session ids are UUIDs (or a plain word): nothing to escape.
+            head = f'{head},"session_id":"{session_id}"'
+        device = visitor.json_device
+        heappush = heapq.heappush
+        cart: list[_Product] = []
+        category = ""
+        search_product: _Product | None = None
+        # A converting session walks the buying chain until it has bought, then browses on.
+        converting = buying
+        chain = self._buy if converting else self._browse
+        page_count = 0
+        sequence = self._sequence
+        # The calendar queue (see __init__): an event for the bucket being emitted is inserted
+        # in order, one for a later bucket appended (the bucket is sorted when its turn comes).
+        buckets, bucket_heap, bucket_bits = self._buckets, self._bucket_heap, self._bucket_bits
+        current, current_index = self._current, self._current_index
+        now_ms = last_ms = at_ms
+        while True:
+            details = _NO_DETAILS
+            later: tuple[int, EventType, EventDetails] | None = None
+            if page_type is _PRODUCT:
+                # Often the product just searched for, else one of the category being browsed.
+                product = search_product
+                search_product = None
+                if product is None or random() >= 0.6:
+                    if category and random() < 0.8:
+                        products, cumulative = self._by_category[category]
+                    else:
+                        products, cumulative = self._products
+                    product = products[bisect(cumulative, random())]
+                page = product.page
+                details = product.viewed
+                category = product.category
+                forced = buying and not cart and page_count >= max_pages
+                if forced or random() < cart_rates[buying]:
+                    cart.append(product)
+                    later = (now_ms + 3_000 + _floor(random() * 27_000), _ADD_TO_CART, details)
+            elif page_type is _CATEGORY:
+                categories, cumulative = self._categories
+                category = categories[bisect(cumulative, random())]
+                pages = self._category_pages[category]
+                page = pages[1 + _floor(random() * 4)] if random() < 0.3 else pages[0]
+            elif page_type is _HOME:
+                page = self._home_page
+            elif page_type is _SEARCH:
+                products, cumulative = self._products
                 product = products[bisect(cumulative, random())]
-            page = product.page
-            details = product.viewed
-            session.category = product.category
-            cart = session.cart
-            buying = session.buying
-            forced = buying and not cart and session.page_count >= self._max_pages
-            if forced or random() < self._cart_rates[buying]:
-                cart.append(product)
-                later = (at_ms + 3_000 + int(random() * 27_000), _ADD_TO_CART, details)
-        elif page_type is _CATEGORY:
-            categories, cumulative = self._categories
-            category = session.category = categories[bisect(cumulative, random())]
-            pages = self._category_pages[category]
-            page = pages[1 + int(random() * 4)] if random() < 0.3 else pages[0]
-        elif page_type is _HOME:
-            page = self._home_page
-        elif page_type is _SEARCH:
-            products, cumulative = self._products
-            product = products[bisect(cumulative, random())]
-            page, search = _one_of(random, product.searches)
-            session.search_product = product
-            later = (at_ms + 200 + int(random() * 1_300), _SEARCH_EVENT, search)
-        elif page_type is _CART:
-            page = self._cart_page
-            if session.cart and random() < self.config.remove_from_cart_rate:
-                removed = session.cart.pop(int(random() * len(session.cart)))
-                after = at_ms + _within(random, 2_000, 20_000)
-                later = (after, _REMOVE_FROM_CART, removed.viewed)
-        elif page_type is _CHECKOUT:
-            page = self._checkout_page
-            later = (at_ms + _within(random, 500, 3_000), _BEGIN_CHECKOUT, _NO_DETAILS)
-        elif page_type is _CONFIRMATION:
-            order_id = f"ORD-{int(random() * 2**48):012X}"
-            revenue = sum((p.price for p in session.cart), Decimal(0)).quantize(_CENT)
-            session.cart.clear()
-            session.purchased = True
-            page = _page(
-                f"{self.config.site_url}/checkout/confirmation?order={order_id}", page_type
-            )
-            currency = self.config.currency
-            purchase = event_details(order_id=order_id, revenue=revenue, currency=currency)
-            later = (at_ms + _within(random, 300, 2_000), _PURCHASE, purchase)
-        elif page_type is _ACCOUNT:
-            page = _one_of(random, self._account_pages)
-        else:
-            page = _one_of(random, self._other_pages)
-        # The same JSON as page_visit() renders, from pieces rendered once per page (hot path).
-        if campaign is None:
-            url = page.url
-            body = page.json + as_referrer
-        else:
-            url = page.url
-            page = _page(url + ("&" if "?" in url else "?") + campaign.query, page_type)
-            url = page.url
-            body = page.json + as_referrer + campaign.json
-        session.url = url
-        session.page_type = page_type
-        session.body = body
-        session.as_referrer = page.as_referrer
-        if self._records:
-            json = f"{session.head}{body}{session.device}"
-            session.page = _new_tuple(
-                PageVisit, (session.session_id, url, page_type, referrer, campaign, json)
-            )
-        session.page_count += 1
-        viewed = (at_ms, _PAGE_VIEW, details)
-        session.pending = [viewed] if later is None else [later, viewed]
+                page, search = _one_of(random, product.searches)
+                search_product = product
+                later = (now_ms + 200 + _floor(random() * 1_300), _SEARCH_EVENT, search)
+            elif page_type is _CART:
+                page = self._cart_page
+                if cart and random() < config.remove_from_cart_rate:
+                    removed = cart.pop(int(random() * len(cart)))
+                    after = now_ms + _within(random, 2_000, 20_000)
+                    later = (after, _REMOVE_FROM_CART, removed.viewed)
+            elif page_type is _CHECKOUT:
+                page = self._checkout_page
+                later = (now_ms + _within(random, 500, 3_000), _BEGIN_CHECKOUT, _NO_DETAILS)
+            elif page_type is _CONFIRMATION:
+                order_id = f"ORD-{int(random() * 2**48):012X}"
+                revenue = sum((p.price for p in cart), Decimal(0)).quantize(_CENT)
+                cart.clear()
+                converting, chain = False, self._browse
+                page = _page(f"{config.site_url}/checkout/confirmation?order={order_id}", page_type)
+                purchase = event_details(
+                    order_id=order_id, revenue=revenue, currency=config.currency
+                )
+                later = (now_ms + _within(random, 300, 2_000), _PURCHASE, purchase)
+            elif page_type is _ACCOUNT:
+                page = _one_of(random, self._account_pages)
+            else:
+                page = _one_of(random, self._other_pages)
+            if campaign is not None:
+                url = page.url
+                page = _page(url + ("&" if "?" in url else "?") + campaign.query, page_type)
+                json = f"{head}{page.json}{as_referrer}{campaign.json}{device}"
+            else:
+                json = f"{head}{page.json}{as_referrer}{device}"
+            record = None
+            if records:
+                record = _new_tuple(
+                    PageVisit, (session_id, page.url, page_type, referrer, campaign, json)
+                )
+            page_count += 1
+            entry = (now_ms, sequence, _PAGE_VIEW, visitor, record, json, details)
+            sequence += 1
+            if (index := now_ms >> bucket_bits) == current_index:
+                insort(current, entry)
+            elif (bucket := buckets.get(index)) is None:
+                buckets[index] = [entry]
+                heappush(bucket_heap, index)
+            else:
+                bucket.append(entry)
+            if later is None:
+                last_ms = now_ms
+            else:
+                last_ms, event_type, extra = later
+                entry = (last_ms, sequence, event_type, visitor, record, json, extra)
+                sequence += 1
+                if (index := last_ms >> bucket_bits) == current_index:
+                    insort(current, entry)
+                elif (bucket := buckets.get(index)) is None:
+                    buckets[index] = [entry]
+                    heappush(bucket_heap, index)
+                else:
+                    bucket.append(entry)
+            # The next page, or the end of the session.
+            target: PageType | None
+            if page_count >= max_pages:
+                if not converting:
+                    break
+                target = _FORCED_NEXT[page_type]
+            else:
+                targets, cumulative = chain[page_type]
+                target = targets[bisect(cumulative, random())]
+                if target is None:
+                    break
+            if target is _CHECKOUT and not cart:
+                # Nothing to check out: the visitor goes back to the products.
+                target = _PRODUCT if converting else _CATEGORY
+            # Log-normal dwell time by inverse transform sampling (see _dwell_table).
+            step = random() * _DWELL_STEPS
+            index = _floor(step)
+            start, slope = dwell[page_type][index]
+            now_ms = last_ms + _floor(start + (step - index) * slope)
+            referrer, as_referrer, campaign = page.url, page.as_referrer, None
+            page_type = target
+        self._sequence = sequence
+        return last_ms
 
 
 _FORCED_NEXT: Final[dict[PageType, PageType]] = {
@@ -1506,11 +1536,11 @@ _FORCED_NEXT: Final[dict[PageType, PageType]] = {
 
 
 def _one_of(random: Callable[[], float], items: Sequence[_T]) -> _T:
-    return items[int(random() * len(items))]
+    return items[_floor(random() * len(items))]
 
 
 def _within(random: Callable[[], float], low_ms: int, high_ms: int) -> int:
-    return low_ms + int(random() * (high_ms - low_ms))
+    return low_ms + _floor(random() * (high_ms - low_ms))
 
 
 def _price(rng: random.Random, median: float) -> Decimal:

@@ -105,6 +105,54 @@ def test_producer_api_delivers_the_exact_bytes(
     )
 
 
+def test_send_many_delivers_the_wire_path_and_counts_it(
+    stack, kafka_topic_factory: Callable[..., str]
+) -> None:
+    topic = kafka_topic_factory(2)
+    settings = load_settings(
+        role="producer",
+        overrides={"kafka_bootstrap_servers": stack.kafka_bootstrap, "topic": topic},
+        environ={},
+    )
+    producer = EventProducer(producer_config(settings, ProducerTuning()), topic=topic)
+    start = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+
+    def simulator() -> TrafficSimulator:
+        config = SimulatorConfig(events_per_second=200)
+        return TrafficSimulator(config, seed=98, clock=lambda: start)
+
+    messages = simulator().messages()
+    assert producer.send_many(islice(messages, 3_000)) == 3_000
+    key, value, _ = next(messages)
+    assert producer.send(key, value)
+    assert producer.send_many(islice(messages, 1_999)) == 1_999
+    assert producer.flush(timeout=30) == 0
+    assert (producer.stats.delivered, producer.stats.failed) == (5_000, 0)
+
+    received = read_all(stack.kafka_bootstrap, topic, expected=5_000)
+    assert sorted((m.key, m.value) for m in received) == sorted(
+        (e.user_id.encode(), e.to_json()) for e in islice(simulator(), 5_000)
+    )
+
+
+def test_send_many_stops_when_cancelled_while_the_queue_is_full(
+    stack, kafka_topic_factory: Callable[..., str]
+) -> None:
+    topic = kafka_topic_factory(1)
+    settings = load_settings(
+        role="producer",
+        overrides={"kafka_bootstrap_servers": stack.kafka_bootstrap, "topic": topic},
+        environ={},
+    )
+    tuning = ProducerTuning(queue_messages=100)
+    producer = EventProducer(producer_config(settings, tuning), topic=topic)
+    producer.cancel()  # as a signal handler would: the first wait for room gives up
+    queued = producer.send_many((b"k%d" % n, b"{}", 0) for n in range(1_000))
+    assert 100 <= queued < 1_000
+    assert producer.flush(timeout=30) == 0
+    assert (producer.stats.delivered, producer.stats.failed) == (queued, 0)
+
+
 def test_delivery_failures_make_the_cli_fail(
     stack, kafka_topic_factory: Callable[..., str], capsys: pytest.CaptureFixture[str]
 ) -> None:

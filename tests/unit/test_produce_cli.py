@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 
 import pytest
 
@@ -11,6 +12,7 @@ from clickstream import produce
 from clickstream.events import decode_event
 from clickstream.producer import ProducerTuning, producer_config
 from clickstream.settings import Settings
+from clickstream.simulator import TrafficSimulator
 
 
 @pytest.mark.parametrize(
@@ -50,6 +52,16 @@ def test_stdout_writes_valid_events_as_json_lines(
     assert len({e.event_id for e in events}) == 40
     # Live mode: the first event happens now, none in the future.
     assert now - timedelta(minutes=1) < events[0].occurred_at <= now
+
+
+def test_unpaced_output_is_exactly_the_count_in_the_seeds_order(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    # Unpaced, events go out in chunks of 512: 1,100 is two whole chunks and a part.
+    lines = _stdout_lines(capsysbinary, "--count", "1100", "--seed", "6", "--rate", "0")
+    simulator = TrafficSimulator(seed=6, clock=lambda: datetime.now(UTC))
+    expected = [event.event_id for event in islice(simulator, 1100)]
+    assert [json.loads(line)["event_id"] for line in lines] == expected
 
 
 def test_default_is_15_events(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
