@@ -1475,6 +1475,9 @@ class TrafficSimulator:
                     PageVisit, (session_id, page.url, page_type, referrer, campaign, json)
                 )
             page_count += 1
+            # Queue the page view (and below, the page's later event) in its time bucket. The
+            # two insertions are written out, not shared in a helper: this loop runs once per
+            # event, and a call costs more than the insertion itself.
             entry = (now_ms, sequence, _PAGE_VIEW, visitor, record, json, details)
             sequence += 1
             if (index := now_ms >> bucket_bits) == current_index:

@@ -78,16 +78,21 @@ def test_cli_sends_50000_events_intact_keyed_and_in_order_per_user(
     assert len(set(partition_of_user.values())) == 3
 
 
+def _producer(bootstrap: str, topic: str, tuning: ProducerTuning | None = None) -> EventProducer:
+    """The library's producer for ``topic``, configured from settings as the CLI does."""
+    settings = load_settings(
+        role="producer",
+        overrides={"kafka_bootstrap_servers": bootstrap, "topic": topic},
+        environ={},
+    )
+    return EventProducer(producer_config(settings, tuning or ProducerTuning()), topic=topic)
+
+
 def test_producer_api_delivers_the_exact_bytes(
     stack, kafka_topic_factory: Callable[..., str]
 ) -> None:
     topic = kafka_topic_factory(2)
-    settings = load_settings(
-        role="producer",
-        overrides={"kafka_bootstrap_servers": stack.kafka_bootstrap, "topic": topic},
-        environ={},
-    )
-    producer = EventProducer(producer_config(settings, ProducerTuning()), topic=topic)
+    producer = _producer(stack.kafka_bootstrap, topic)
     assert producer.check_connection(timeout=10) == 2
     start = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
     simulator = TrafficSimulator(
@@ -109,12 +114,7 @@ def test_send_many_delivers_the_wire_path_and_counts_it(
     stack, kafka_topic_factory: Callable[..., str]
 ) -> None:
     topic = kafka_topic_factory(2)
-    settings = load_settings(
-        role="producer",
-        overrides={"kafka_bootstrap_servers": stack.kafka_bootstrap, "topic": topic},
-        environ={},
-    )
-    producer = EventProducer(producer_config(settings, ProducerTuning()), topic=topic)
+    producer = _producer(stack.kafka_bootstrap, topic)
     start = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
     def simulator() -> TrafficSimulator:
@@ -139,13 +139,7 @@ def test_send_many_stops_when_cancelled_while_the_queue_is_full(
     stack, kafka_topic_factory: Callable[..., str]
 ) -> None:
     topic = kafka_topic_factory(1)
-    settings = load_settings(
-        role="producer",
-        overrides={"kafka_bootstrap_servers": stack.kafka_bootstrap, "topic": topic},
-        environ={},
-    )
-    tuning = ProducerTuning(queue_messages=100)
-    producer = EventProducer(producer_config(settings, tuning), topic=topic)
+    producer = _producer(stack.kafka_bootstrap, topic, ProducerTuning(queue_messages=100))
     producer.cancel()  # as a signal handler would: the first wait for room gives up
     queued = producer.send_many((b"k%d" % n, b"{}", 0) for n in range(1_000))
     assert 100 <= queued < 1_000
