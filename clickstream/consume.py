@@ -234,6 +234,13 @@ def run(
             "session.timeout.ms": int(options.session_timeout * 1000),
         }
     )
+    try:
+        _require_topic(consumer, settings.topic)
+    except ClickstreamError:
+        consumer.close()
+        dead_letters.close()
+        engine.dispose()
+        raise
     consumer.subscribe([settings.topic], on_assign=_on_assign, on_revoke=_on_revoke)
     progress = _Progress(options.progress_interval)
     _log.info(
@@ -251,6 +258,28 @@ def run(
         dead_letters.close()
         engine.dispose()
     return progress.total
+
+
+def _require_topic(consumer: Consumer, topic: str, timeout: float = 15.0) -> None:
+    """Fail fast, with what to do, when the events topic does not exist.
+
+    Raises:
+        ConfigError: the topic is missing (or not visible to this client).
+        TransientError: the brokers did not answer.
+    """
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        msg = f"Kafka did not answer a metadata request: {exc}"
+        raise TransientError(msg) from exc
+    if metadata is None or (
+        metadata.error is not None and metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+    ):
+        msg = (
+            f"the events topic {topic} does not exist: create it (python -m clickstream.topics "
+            "locally; Pulumi creates it on Aiven) or set CLICKSTREAM_TOPIC"
+        )
+        raise ConfigError(msg)
 
 
 def _on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -378,6 +407,7 @@ def _consume(
     topic: str,
 ) -> None:
     last_message = time.monotonic()
+    last_wait_note = 0.0
     failures = 0
     while not stop.is_set():
         if sync is not None:
@@ -389,9 +419,14 @@ def _consume(
             idle = time.monotonic() - last_message
             leaving = options.exit_when_idle is not None and idle >= options.exit_when_idle
             synced = sync.drain_now(complete=leaving) if sync is not None else True
-            if synced and _caught_up(consumer, topic, idle, options.exit_when_idle):
-                _log.info("caught up and idle for %.0fs: exiting", idle)
-                return
+            if leaving and synced:
+                done, why = _caught_up(consumer, topic)
+                if done:
+                    _log.info("caught up and idle for %.0fs: exiting", idle)
+                    return
+                if time.monotonic() - last_wait_note >= options.progress_interval:
+                    _log.info("idle for %.0fs, not exiting yet: %s", idle, why)
+                    last_wait_note = time.monotonic()
             continue
         last_message = time.monotonic()
         try:
@@ -419,31 +454,46 @@ def _sync(processor: BatchProcessor, *, wait: bool) -> bool:
     return True
 
 
-def _caught_up(consumer: Consumer, topic: str, idle: float, limit: float | None) -> bool:
-    """Whether ``--exit-when-idle`` may exit: idle long enough, and the whole group caught up.
+def _caught_up(consumer: Consumer, topic: str) -> tuple[bool, str]:
+    """Whether the whole group is caught up (``--exit-when-idle``); if not, why.
 
     Caught up means the group's committed offsets reached the end of every partition of the
     topic, not only of this consumer's partitions: partitions held by a member that died keep
     their backlog until its session times out and they move here (or to another member).
     """
-    if limit is None or idle < limit:
-        return False
-    if consumer.assignment() and _lag(consumer) != 0:
-        return False
-    return _group_lag(consumer, topic) == 0
+    if consumer.assignment() and (lag := _lag(consumer)) != 0:
+        left = "an unknown number of" if lag is None else str(lag)
+        return False, f"{left} messages left on this consumer's partitions"
+    group = _group_lag(consumer, topic)
+    if group == 0:
+        return True, ""
+    if not consumer.assignment():
+        return False, (
+            "no partitions assigned yet, the group is forming (a member that died holds its "
+            "partitions until its session times out)"
+        )
+    if group is None:
+        return False, "Kafka did not answer for the group's committed offsets"
+    return False, f"{group} messages not yet committed on partitions of other members"
 
 
 def _group_lag(consumer: Consumer, topic: str) -> int | None:
-    """Messages of ``topic`` that the group has not committed yet, over all its partitions."""
+    """Messages of ``topic`` that the group has not committed yet, over all its partitions.
+
+    For this consumer's own partitions its position counts too: after the last message of a
+    transaction, the position is past the commit marker that no offset commit covers.
+    """
     try:
         metadata = consumer.list_topics(topic, timeout=5).topics[topic]
         if metadata.error is not None:
             return None
         partitions = [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
+        positions = {p.partition: p.offset for p in consumer.position(consumer.assignment())}
         total = 0
         for committed in consumer.committed(partitions, timeout=5):
             low, high = consumer.get_watermark_offsets(committed, timeout=5)
-            total += max(high - max(committed.offset, low), 0)
+            done = max(committed.offset, positions.get(committed.partition, -1), low)
+            total += max(high - done, 0)
     except KafkaException:
         return None
     return total

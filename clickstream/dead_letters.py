@@ -64,8 +64,8 @@ class KafkaDeadLetterSink:
     def _on_delivery(self, letter: DeadLetter, error: KafkaError | None, _message: Message) -> None:
         if error is None:
             return
-        if error.code() == KafkaError.MSG_SIZE_TOO_LARGE and len(letter.value or b"") > _FLOOR:
-            self._too_large.append(letter)  # the topic's limit is lower than ours: cut it
+        if error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            self._too_large.append(letter)  # the topic's limit is lower than ours (see send)
             return
         text = f"{error.name()}: {error.str()}"
         # Retrying cannot fix these; stopping loudly beats retrying the same batch forever.
@@ -84,14 +84,16 @@ class KafkaDeadLetterSink:
         """
         self._failures.clear()
         self._fatal.clear()
-        pending = list(letters)
-        remaining = 0
-        while pending and not remaining:
-            self._too_large.clear()
-            for letter in pending:
-                self._produce(letter)
-            remaining = self._producer.flush(self._flush_timeout)
-            pending = [self._smaller(letter) for letter in self._too_large]
+        self._too_large.clear()
+        for letter in letters:
+            self._produce(letter)
+        remaining = self._producer.flush(self._flush_timeout)
+        # The broker judges a whole record batch against the topic's limit, and the client
+        # does not split a refused batch: give each refused letter a try of its own first.
+        refused, self._too_large = self._too_large, []
+        for letter in refused:
+            if not remaining:
+                remaining = self._send_alone(letter)
         if self._fatal:
             msg = (
                 f"the dead-letter topic {self._topic} refuses messages: {self._fatal[0]}; "
@@ -111,6 +113,25 @@ class KafkaDeadLetterSink:
                 letter.reason,
                 letter.detail,
             )
+
+    def _send_alone(self, letter: DeadLetter) -> int:
+        """Send one letter by itself; while the topic refuses it as too large, cut it smaller.
+
+        Returns what is left unacknowledged after the flush (0 when done).
+        """
+        while True:
+            self._produce(letter)
+            remaining = self._producer.flush(self._flush_timeout)
+            if remaining or not self._too_large:
+                return remaining
+            self._too_large.clear()
+            if len(letter.value or b"") <= _FLOOR:
+                self._fatal.append(
+                    f"MSG_SIZE_TOO_LARGE: a letter of {len(letter.value or b'')} bytes "
+                    f"(raise the topic's max.message.bytes to {DLQ_MAX_MESSAGE_BYTES})"
+                )
+                return 0
+            letter = self._smaller(letter)
 
     def _smaller(self, letter: DeadLetter) -> DeadLetter:
         size = len(letter.value or b"")

@@ -295,8 +295,15 @@ def test_a_dead_letter_topic_with_a_small_limit_gets_a_cut_letter_that_says_so(
     for future in admin.create_topics([NewTopic(small_dlq, 1, 1, config=config)]).values():
         future.result(30)
     try:
-        big = random.Random(6).randbytes(400_000)
-        produce(stack.kafka_bootstrap, events_topic, [(b"big", big)])
+        rng = random.Random(6)
+        big, fits = rng.randbytes(400_000), rng.randbytes(200_000)
+        # One batch of letters: the broker refuses the whole record batch, the small letters
+        # too, so each must be retried on its own before any is cut.
+        produce(
+            stack.kafka_bootstrap,
+            events_topic,
+            [(b"big", big), (b"fits", fits), (b"small", b"{not json")],
+        )
         env = consumer_env(
             bootstrap=stack.kafka_bootstrap,
             topic=events_topic,
@@ -304,11 +311,18 @@ def test_a_dead_letter_topic_with_a_small_limit_gets_a_cut_letter_that_says_so(
             database_url=migrated_database_url,
         )
         output = run_consumer(env, "--no-opensearch", log=tmp_path / "c.log")
-        [letter] = read_all(stack.kafka_bootstrap, small_dlq, expected=1)
+        letters = read_all(stack.kafka_bootstrap, small_dlq, expected=3)
     finally:
         for future in admin.delete_topics([small_dlq]).values():
             future.result(30)
+    by_key = {received.key: received for received in letters}
+    assert sorted(by_key) == [b"big", b"fits", b"small"], output[-2000:]
+    assert by_key[b"fits"].value == fits  # whole: it fits on its own
+    assert "truncated" not in by_key[b"fits"].headers
+    small = by_key[b"small"]
+    assert (small.value, small.headers["reason"]) == (b"{not json", "not_json")
     # Refused at 400,000 bytes, accepted when halved: the head of the original, and headers.
+    letter = by_key[b"big"]
     assert letter.headers["reason"] == "too_large"
     assert letter.headers["truncated"] == "true"
     assert letter.headers["original_size"] == "400000"
@@ -353,8 +367,28 @@ def test_exit_when_idle_waits_for_partitions_a_dead_member_still_holds(
     events = random_events(51, users=50, per_user=10)
     produce_events(stack.kafka_bootstrap, t.events, events)
     output = run_consumer(env, "--no-opensearch", "--exit-when-idle", "2", log=log, timeout=180)
+    assert "not exiting yet: " in output  # it says why it waits
     assert "caught up and idle" in output
     _assert_exact(migrated_database_url, events)
+
+
+@pytest.mark.parametrize("missing", ["events", "dead-letter"])
+def test_a_missing_topic_stops_the_consumer_with_what_to_do(
+    stack, topics, migrated_database_url, tmp_path: Path, missing: str
+) -> None:
+    t = topics(1)
+    env = _env(stack, t, migrated_database_url)
+    absent = f"absent-{uuid.uuid4().hex[:8]}"
+    if missing == "events":
+        env["CLICKSTREAM_TOPIC"] = absent
+    else:
+        env["CLICKSTREAM_DLQ_TOPIC"] = absent
+    log = tmp_path / "c.log"
+    process = start_consumer(env, "--no-opensearch", "--exit-when-idle", "2", log=log)
+    assert process.wait(60) == 2
+    output = log.read_text()
+    assert f"the {missing} topic {absent} does not exist" in output, output[-2000:]
+    assert "python -m clickstream.topics" in output
 
 
 def _host_port(url: str) -> tuple[str, int]:
