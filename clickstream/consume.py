@@ -27,7 +27,7 @@ from clickstream.cli import add_log_level, configure_logging
 from clickstream.db import make_engine
 from clickstream.dead_letters import KafkaDeadLetterSink
 from clickstream.errors import ClickstreamError, ConfigError, TransientError
-from clickstream.kafka import kafka_client_config
+from clickstream.kafka import kafka_client_config, require_topic
 from clickstream.pipeline import BatchProcessor, BatchReport, SearchIndex
 from clickstream.settings import Settings, load_settings
 from clickstream.store import SessionRules
@@ -235,7 +235,7 @@ def run(
         }
     )
     try:
-        _require_topic(consumer, settings.topic)
+        require_topic(consumer, settings.topic, what="events", setting="CLICKSTREAM_TOPIC")
     except ClickstreamError:
         consumer.close()
         dead_letters.close()
@@ -258,28 +258,6 @@ def run(
         dead_letters.close()
         engine.dispose()
     return progress.total
-
-
-def _require_topic(consumer: Consumer, topic: str, timeout: float = 15.0) -> None:
-    """Fail fast, with what to do, when the events topic does not exist.
-
-    Raises:
-        ConfigError: the topic is missing (or not visible to this client).
-        TransientError: the brokers did not answer.
-    """
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
-    except KafkaException as exc:
-        msg = f"Kafka did not answer a metadata request: {exc}"
-        raise TransientError(msg) from exc
-    if metadata is None or (
-        metadata.error is not None and metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
-    ):
-        msg = (
-            f"the events topic {topic} does not exist: create it (python -m clickstream.topics "
-            "locally; Pulumi creates it on Aiven) or set CLICKSTREAM_TOPIC"
-        )
-        raise ConfigError(msg)
 
 
 def _on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -461,10 +439,7 @@ def _caught_up(consumer: Consumer, topic: str) -> tuple[bool, str]:
     topic, not only of this consumer's partitions: partitions held by a member that died keep
     their backlog until its session times out and they move here (or to another member).
     """
-    if consumer.assignment() and (lag := _lag(consumer)) != 0:
-        left = "an unknown number of" if lag is None else str(lag)
-        return False, f"{left} messages left on this consumer's partitions"
-    group = _group_lag(consumer, topic)
+    group = _group_lag(consumer, topic)  # this consumer's own partitions included
     if group == 0:
         return True, ""
     if not consumer.assignment():
@@ -474,7 +449,7 @@ def _caught_up(consumer: Consumer, topic: str) -> tuple[bool, str]:
         )
     if group is None:
         return False, "Kafka did not answer for the group's committed offsets"
-    return False, f"{group} messages not yet committed on partitions of other members"
+    return False, f"{group} messages of the topic not yet committed by the group"
 
 
 def _group_lag(consumer: Consumer, topic: str) -> int | None:

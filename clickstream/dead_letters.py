@@ -10,8 +10,8 @@ from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from clickstream.errors import ConfigError, DeliveryError, TransientError
-from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES, kafka_client_config
+from clickstream.errors import DeliveryError, TransientError
+from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES, kafka_client_config, require_topic
 from clickstream.pipeline import DeadLetter
 from clickstream.settings import Settings
 
@@ -173,22 +173,13 @@ class KafkaDeadLetterSink:
             ConfigError: the topic is missing (or not visible to this client).
             TransientError: the brokers did not answer.
         """
-        try:
-            metadata = self._producer.list_topics(self._topic, timeout=timeout)
-        except KafkaException as exc:
-            msg = f"Kafka did not answer a metadata request: {exc}"
-            raise TransientError(msg) from exc
-        topic = metadata.topics.get(self._topic)
-        missing = topic is None or (
-            topic.error is not None and topic.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+        require_topic(
+            self._producer,
+            self._topic,
+            what="dead-letter",
+            setting="CLICKSTREAM_DLQ_TOPIC",
+            timeout=timeout,
         )
-        if missing:
-            msg = (
-                f"the dead-letter topic {self._topic} does not exist: create it "
-                "(python -m clickstream.topics locally; Pulumi creates it on Aiven) or set "
-                "CLICKSTREAM_DLQ_TOPIC"
-            )
-            raise ConfigError(msg)
 
     def close(self) -> None:
         """Flush what is pending."""

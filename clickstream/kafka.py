@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Final
+from typing import Any, Final
 
-from clickstream.errors import ConfigError
+from confluent_kafka import KafkaError, KafkaException
+
+from clickstream.errors import ConfigError, TransientError
 from clickstream.settings import Settings
 
-__all__ = ["DLQ_MAX_MESSAGE_BYTES", "kafka_client_config", "librdkafka_logger"]
+__all__ = ["DLQ_MAX_MESSAGE_BYTES", "kafka_client_config", "librdkafka_logger", "require_topic"]
 
 DLQ_MAX_MESSAGE_BYTES: Final = 2 * 1024 * 1024
 """The dead-letter topic's ``max.message.bytes`` (``python -m clickstream.topics`` and Pulumi
@@ -85,3 +87,33 @@ def librdkafka_logger() -> logging.Logger:
     if not any(isinstance(f, _RepeatFilter) for f in logger.filters):
         logger.addFilter(_RepeatFilter(interval=10.0))
     return logger
+
+
+def require_topic(
+    client: Any, topic: str, *, what: str, setting: str, timeout: float = 15.0
+) -> None:
+    """Fail fast, with what to do, when ``topic`` does not exist.
+
+    Args:
+        client: any confluent-kafka client (it has ``list_topics``).
+        topic: the topic's name.
+        what: how the message names it, e.g. ``"events"``.
+        setting: the setting that names it, e.g. ``"CLICKSTREAM_TOPIC"``.
+
+    Raises:
+        ConfigError: the topic is missing (or not visible to this client).
+        TransientError: the brokers did not answer.
+    """
+    try:
+        metadata = client.list_topics(topic, timeout=timeout).topics.get(topic)
+    except KafkaException as exc:
+        msg = f"Kafka did not answer a metadata request: {exc}"
+        raise TransientError(msg) from exc
+    if metadata is None or (
+        metadata.error is not None and metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+    ):
+        msg = (
+            f"the {what} topic {topic} does not exist: create it (python -m clickstream.topics "
+            f"locally; Pulumi creates it on Aiven) or set {setting}"
+        )
+        raise ConfigError(msg)
