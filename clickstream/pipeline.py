@@ -212,8 +212,7 @@ class BatchProcessor:
             with self.engine.begin() as conn:
                 outcome = write_batch(conn, events=valid, rules=self.rules)
                 if self.search is not None:
-                    changed = [s.session_id for s in outcome.sessions.upserted]
-                    outbox.enqueue(conn, [*changed, *outcome.sessions.deleted])
+                    outbox.enqueue(conn, [*outcome.sessions.upserted, *outcome.sessions.deleted])
                     letters.extend(_index_events(self.search, outcome, sources))
                 if letters:
                     self.dead_letters.send(letters)

@@ -17,9 +17,11 @@ re-sessionize the same visitor at once, even when a producer did not key by ``us
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -30,13 +32,21 @@ from enum import StrEnum
 from typing import Any, Final
 
 import psycopg
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from sqlalchemy import Connection, Table, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from clickstream.db.models import events_table, sessions_table, traffic_minute_table
 from clickstream.events import ClickEvent, DeviceType, EventType, PageType
-from clickstream.sessions import Session, SessionEvent, build_sessions, extend_session
+from clickstream.sessions import (
+    Session,
+    SessionEvent,
+    build_sessions,
+    extend_session,
+    funnel_advance,
+)
 
 __all__ = [
     "BatchOutcome",
@@ -79,9 +89,9 @@ class PositionedEvent:
 
 @dataclass(slots=True)
 class SessionChanges:
-    """Session rows written (inserted or replaced) and ids of rows deleted by one batch."""
+    """Ids of the session rows one batch wrote (inserted, replaced or extended) and deleted."""
 
-    upserted: list[Session] = field(default_factory=list)
+    upserted: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
 
 
@@ -93,6 +103,9 @@ class BatchOutcome:
     duplicates: int = 0
     sessions: SessionChanges = field(default_factory=SessionChanges)
     slow_path_users: int = 0
+    """Visitors whose sessions were recomputed from their stored events (late events)."""
+    extended_in_sql: int = 0
+    """Visitors whose one open session PostgreSQL extended from the new events' measures."""
 
     def add(self, other: BatchOutcome) -> None:
         """Accumulate another outcome into this one."""
@@ -101,6 +114,7 @@ class BatchOutcome:
         self.sessions.upserted.extend(other.sessions.upserted)
         self.sessions.deleted.extend(other.sessions.deleted)
         self.slow_path_users += other.slow_path_users
+        self.extended_in_sql += other.extended_in_sql
 
 
 def write_batch(
@@ -121,11 +135,11 @@ def write_batch(
     inserted_ids = _insert_events(conn, distinct.values())
     new_events = [distinct[event_id].event for event_id in inserted_ids]
     new_events.sort(key=lambda event: (event.occurred_at, event.event_id))
-    changes, slow = _resessionize(conn, new_events, rules)
+    changes, slow, extended = _resessionize(conn, new_events, rules)
     # Last: traffic_minute rows are shared by every visitor of a minute, and their row locks
     # are held until commit. Taken at the end, concurrent consumers wait for each other least.
     _add_traffic(conn, new_events)
-    return BatchOutcome(new_events, len(events) - len(new_events), changes, slow)
+    return BatchOutcome(new_events, len(events) - len(new_events), changes, slow, extended)
 
 
 def _lock_users(conn: Connection, users: Iterable[str]) -> None:
@@ -234,12 +248,48 @@ def _copy_insert(
             f"CREATE TEMP TABLE IF NOT EXISTS {twin} "
             f"(LIKE {quote(table.name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        with cursor.copy(f"COPY {twin} ({names}) FROM STDIN") as copy:
-            write_row = copy.write_row
-            for row in rows:
-                write_row(row)
+        _copy_rows(cursor, twin, names, rows)
         cursor.execute(insert)
         return cursor.fetchall() if cursor.description else []
+
+
+class _UuidFromTextDumper(Dumper):
+    """A ``uuid`` in binary COPY from its canonical text: event ids stay plain strings."""
+
+    format = Format.BINARY
+    oid = psycopg.adapters.types["uuid"].oid
+
+    def dump(self, obj: str) -> bytes:
+        return bytes.fromhex(obj.replace("-", ""))
+
+
+_COPY_TYPES: Final[weakref.WeakKeyDictionary[psycopg.Connection[Any], dict[str, list[int]]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per connection and COPY target, the type OIDs of the target's columns."""
+
+
+def _copy_rows(
+    cursor: psycopg.Cursor[Any], target: str, names: str, rows: Iterable[Sequence[Any]]
+) -> None:
+    """COPY ``rows`` (values of the columns ``names``, in order) into ``target``, in binary.
+
+    Binary COPY takes each column's exact type, learnt once per connection. It is several
+    times cheaper than text for the driver (a ``timestamptz`` costs about 0.3 µs to write
+    in binary, 2.5 µs as text) and cheaper for PostgreSQL to read.
+    """
+    known = _COPY_TYPES.setdefault(cursor.connection, {})
+    key = f"{target} ({names})"
+    types = known.get(key)
+    if types is None:
+        cursor.execute(f"SELECT {names} FROM {target} LIMIT 0")
+        types = known[key] = [column.type_code for column in cursor.description or ()]
+    cursor.adapters.register_dumper(None, _UuidFromTextDumper)
+    with cursor.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
+        write_row = copy.write_row
+        for row in rows:
+            write_row(row)
 
 
 @contextmanager
@@ -447,41 +497,63 @@ def _events_in(conn: Connection, windows: Windows) -> dict[str, list[SessionEven
     return found
 
 
+def _started_at(session: Session) -> datetime:
+    return session.started_at
+
+
 def _overlapping(sessions: Iterable[Session], low: datetime, high: datetime) -> list[Session]:
     return [s for s in sessions if s.ended_at >= low and s.started_at <= high]
 
 
 def _resessionize(
     conn: Connection, new_events: Sequence[ClickEvent], rules: SessionRules
-) -> tuple[SessionChanges, int]:
+) -> tuple[SessionChanges, int, int]:
+    """Bring the sessions of the new events' visitors in line with the definition.
+
+    Returns the changes, the number of visitors recomputed from their stored events (the slow
+    path) and the number whose open session PostgreSQL extended in place.
+    """
     changes = SessionChanges()
     if not new_events:
-        return changes, 0
-    by_user: dict[str, list[SessionEvent]] = defaultdict(list)
+        return changes, 0, 0
+    by_user: dict[str, list[ClickEvent]] = defaultdict(list)
     for event in new_events:  # already in contract order
-        by_user[event.user_id].append(_session_event(event))
+        by_user[event.user_id].append(event)
+    extended: dict[str, str] = {}
+    if conn.dialect.name == "postgresql":
+        extended = _extend_in_sql(conn, by_user, rules)
+        if extended:
+            changes.upserted.extend(extended.values())
+            if len(extended) == len(by_user):
+                return changes, 0, len(extended)
+    fresh_by_user = {
+        user: [_session_event(event) for event in events]
+        for user, events in by_user.items()
+        if user not in extended
+    }
     gap = rules.gap
     nearby = _sessions_near(
         conn,
         {
             user: (fresh[0].occurred_at - gap, fresh[-1].occurred_at + gap)
-            for user, fresh in by_user.items()
+            for user, fresh in fresh_by_user.items()
         },
     )
-
+    written: list[Session] = []
     slow: dict[str, tuple[datetime, datetime]] = {}
-    for user, fresh in by_user.items():
+    for user, fresh in fresh_by_user.items():
         first, last = fresh[0].occurred_at, fresh[-1].occurred_at
         touched = _overlapping(nearby.get(user, ()), first - gap, last + gap)
         if not touched:
-            changes.upserted.extend(
-                build_sessions(user, fresh, gap=gap, max_length=rules.max_length)
-            )
+            written.extend(build_sessions(user, fresh, gap=gap, max_length=rules.max_length))
             continue
-        if len(touched) == 1 and first > touched[0].ended_at:
-            extended = extend_session(touched[0], fresh, gap=gap, max_length=rules.max_length)
-            if extended is not None:
-                changes.upserted.extend(extended)
+        latest = max(touched, key=_started_at)
+        if first > latest.ended_at:
+            # Sessions are a left to right scan of the visitor's events: new events after the
+            # latest session (all others end earlier) can only extend it or start new ones.
+            extended_here = extend_session(latest, fresh, gap=gap, max_length=rules.max_length)
+            if extended_here is not None:
+                written.extend(extended_here)
                 continue
         # A late, tied or converting event: recompute the whole runs it touches.
         slow[user] = (
@@ -489,16 +561,157 @@ def _resessionize(
             max(last, *(s.ended_at for s in touched)),
         )
     if slow:
-        _recompute(conn, slow, rules, changes)
-    _write_sessions(conn, changes)
-    return changes, len(slow)
+        _recompute(conn, slow, rules, written, changes.deleted)
+    _write_sessions(conn, written, changes.deleted)
+    changes.upserted.extend(s.session_id for s in written)
+    return changes, len(slow), len(extended)
+
+
+def _funnel_moves(event_type: EventType, page_type: PageType) -> tuple[int, ...]:
+    """Where one event takes the funnel from each step 0..5 (see ``funnel_advance``)."""
+    return tuple(funnel_advance(step, _TEXT[event_type], _TEXT[page_type]) for step in range(6))
+
+
+_FUNNEL_MOVES: Final = {
+    (event_type, page_type): _funnel_moves(event_type, page_type)
+    for event_type in EventType
+    for page_type in PageType
+}
+_FUNNEL_BITS: Final = 3  # a step is 0..5
+_FUNNEL_UNMOVED: Final[tuple[int, ...]] = (0, 1, 2, 3, 4, 5)
+_DELTA_TWIN: Final = "incoming_session_deltas"
+_DELTA_COLUMNS: Final = (
+    "user_id",
+    "first_at",
+    "last_at",
+    "events",
+    "page_views",
+    "purchases",
+    "revenue",
+    "exit_page",
+    "funnel",
+)
+_DELTA_TABLE_SQL: Final = (
+    f"CREATE TEMP TABLE IF NOT EXISTS {_DELTA_TWIN} (user_id text, first_at timestamptz,"
+    " last_at timestamptz, events integer, page_views integer, purchases integer,"
+    " revenue numeric, exit_page text, funnel integer) ON COMMIT DELETE ROWS"
+)
+# The in-order fast path as one statement. A visitor's new events (`d`, each within `gap` of
+# the one before) extend the visitor's latest session `s` in place when the definition leaves
+# no other choice, the same condition as the general path's call of extend_session():
+# - `s` is the visitor's latest session that starts no later than `gap` after the new events:
+#   a session starting later is unaffected by them;
+# - every new event comes strictly after `s` ended, the first within `gap` of it, and the last
+#   within `max_length` of the session's start, so all of them join `s` (sessions are a left
+#   to right scan of the visitor's events: those before `s` do not matter);
+# - a purchase only joins a session that has converted already: converting one needs the
+#   session's page types for `conversion_path`, which the row does not hold.
+# The funnel step reached from each possible step 0..5 comes packed in `d.funnel`, 3 bits per
+# step. `s` is found by its row address (ctid): a join on its id can turn into a scan of the
+# whole table when the planner's statistics are stale. Visitors the statement does not extend
+# take the general path.
+_EXTEND_SQL: Final = f"""
+UPDATE sessions AS s SET
+    ended_at = d.last_at,
+    duration_seconds = EXTRACT(EPOCH FROM d.last_at - s.started_at),
+    event_count = s.event_count + d.events,
+    page_views = s.page_views + d.page_views,
+    purchases = s.purchases + d.purchases,
+    revenue = s.revenue + d.revenue,
+    converted = s.purchases + d.purchases > 0,
+    bounced = false,
+    exit_page = d.exit_page,
+    funnel_step = (d.funnel >> ({_FUNNEL_BITS} * s.funnel_step)) & 7,
+    updated_at = now()
+FROM {_DELTA_TWIN} AS d
+CROSS JOIN LATERAL (
+    SELECT x.ctid FROM sessions AS x
+    WHERE x.user_id = d.user_id AND x.started_at <= d.last_at + %(gap)s
+    ORDER BY x.started_at DESC LIMIT 1
+) AS latest
+WHERE s.ctid = latest.ctid
+    AND s.ended_at < d.first_at
+    AND d.first_at - s.ended_at <= %(gap)s
+    AND d.last_at - s.started_at <= %(max_length)s
+    AND (d.purchases = 0 OR s.purchases > 0)
+RETURNING d.user_id, s.session_id
+"""
+
+
+@functools.lru_cache(maxsize=1024)  # few distinct maps: visitors walk the same steps
+def _packed_funnel(funnel: tuple[int, ...]) -> int:
+    """The funnel step reached from each step 0..5, packed in one integer, 3 bits per step."""
+    packed = 0
+    for step in reversed(funnel):
+        packed = (packed << _FUNNEL_BITS) | step
+    return packed
+
+
+def _session_delta(
+    user: str, events: Sequence[ClickEvent], gap: timedelta
+) -> tuple[Any, ...] | None:
+    """A visitor's new events as the measures that extend a session (a ``_DELTA_COLUMNS`` row).
+
+    ``None`` when they are more than ``gap`` apart: they cannot all join one session.
+    """
+    first = events[0]
+    previous = first.occurred_at
+    page_views = purchases = 0
+    revenue = Decimal("0.00")
+    funnel = _FUNNEL_UNMOVED
+    for event in events:
+        at = event.occurred_at
+        if at - previous > gap:
+            return None
+        previous = at
+        kind = event.event_type
+        if kind is EventType.PAGE_VIEW:
+            page_views += 1
+        elif kind is EventType.PURCHASE:
+            purchases += 1
+            revenue += event.revenue or Decimal("0.00")
+        moves = _FUNNEL_MOVES[kind, event.page_type]
+        # Composed after the moves so far (the identity before the first event).
+        funnel = moves if funnel is _FUNNEL_UNMOVED else tuple([moves[step] for step in funnel])
+    return (
+        user,
+        first.occurred_at,
+        previous,
+        len(events),
+        page_views,
+        purchases,
+        revenue,
+        events[-1].page_url,
+        _packed_funnel(funnel),
+    )
+
+
+def _extend_in_sql(
+    conn: Connection, by_user: Mapping[str, Sequence[ClickEvent]], rules: SessionRules
+) -> dict[str, str]:
+    """PostgreSQL: extend open sessions in place from the new events' measures.
+
+    Returns, per visitor extended, the id of the session; the others are left untouched.
+    """
+    gap = rules.gap
+    deltas = (_session_delta(user, events, gap) for user, events in by_user.items())
+    rows = [row for row in deltas if row is not None]
+    if not rows:
+        return {}
+    names = ", ".join(_DELTA_COLUMNS)
+    with _driver_errors(conn, _EXTEND_SQL) as driver, driver.cursor() as cursor:
+        cursor.execute(_DELTA_TABLE_SQL)
+        _copy_rows(cursor, _DELTA_TWIN, names, rows)
+        cursor.execute(_EXTEND_SQL, {"gap": gap, "max_length": rules.max_length})
+        return {str(user): str(session_id) for user, session_id in cursor.fetchall()}
 
 
 def _recompute(
     conn: Connection,
     windows: dict[str, tuple[datetime, datetime]],
     rules: SessionRules,
-    changes: SessionChanges,
+    written: list[Session],
+    deleted: list[str],
 ) -> None:
     gap = rules.gap
     old: dict[str, list[Session]] = {}
@@ -525,8 +738,8 @@ def _recompute(
         fresh = build_sessions(user, events, gap=gap, max_length=rules.max_length)
         fresh_ids = {s.session_id for s in fresh}
         previous = {s.session_id: s for s in old.get(user, ())}
-        changes.deleted.extend(sid for sid in previous if sid not in fresh_ids)
-        changes.upserted.extend(s for s in fresh if previous.get(s.session_id) != s)
+        deleted.extend(sid for sid in previous if sid not in fresh_ids)
+        written.extend(s for s in fresh if previous.get(s.session_id) != s)
 
 
 def _session_values(s: Session) -> tuple[Any, ...]:
@@ -535,17 +748,17 @@ def _session_values(s: Session) -> tuple[Any, ...]:
     return (*s, s.duration_seconds, s.converted, s.bounced)
 
 
-def _write_sessions(conn: Connection, changes: SessionChanges) -> None:
+def _write_sessions(conn: Connection, written: Sequence[Session], deleted: Sequence[str]) -> None:
     table = sessions_table
-    for chunk in _chunks(sorted(changes.deleted)):
+    for chunk in _chunks(sorted(deleted)):
         conn.execute(delete(table).where(table.c.session_id.in_(chunk)))
-    if not changes.upserted:
+    if not written:
         return
     replaced = [c.name for c in table.columns if c.name not in ("session_id", "updated_at")]
     if conn.dialect.name == "postgresql":
         assignments = ", ".join(f"{name} = excluded.{name}" for name in replaced)
         # Sorted by id: concurrent batches lock shared rows in the same order (no deadlock).
-        ordered = sorted(changes.upserted, key=lambda s: s.session_id)
+        ordered = sorted(written, key=lambda s: s.session_id)
         _copy_insert(
             conn,
             table,
@@ -554,7 +767,7 @@ def _write_sessions(conn: Connection, changes: SessionChanges) -> None:
             f"ON CONFLICT (session_id) DO UPDATE SET {assignments}, updated_at = now()",
         )
         return
-    rows = sorted((session_row(s) for s in changes.upserted), key=lambda r: r["session_id"])
+    rows = sorted((session_row(s) for s in written), key=lambda r: r["session_id"])
     insert = _insert_dialect(conn)(table)
     statement = insert.on_conflict_do_update(
         index_elements=[table.c.session_id],
