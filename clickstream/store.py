@@ -21,15 +21,16 @@ import functools
 import hashlib
 import json
 import logging
+import operator
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import psycopg
 from psycopg.adapt import Dumper
@@ -67,6 +68,10 @@ _TEXT: Final[dict[StrEnum, str]] = {
     member: member.value for kind in (EventType, PageType, DeviceType) for member in kind
 }
 """Plain text of the vocabularies' members: a dict lookup is cheaper than ``Enum.value``."""
+_NEVER: Final = datetime.min.replace(tzinfo=UTC)
+_MINUTE: Final = timedelta(minutes=1)
+_CONTRACT_ORDER: Final = operator.attrgetter("occurred_at", "event_id")
+"""Sort key of the contract's order of events: time, then (lower-case) event id."""
 _IN_CHUNK: Final = 5000  # bound the number of bind parameters of one IN (...)
 
 
@@ -78,9 +83,8 @@ class SessionRules:
     max_length: timedelta = timedelta(hours=24)
 
 
-@dataclass(frozen=True, slots=True)
-class PositionedEvent:
-    """A valid event and where it was read from."""
+class PositionedEvent(NamedTuple):
+    """A valid event and where it was read from (a named tuple: one is made per event)."""
 
     event: ClickEvent
     partition: int
@@ -134,7 +138,7 @@ def write_batch(
         _lock_users(conn, {item.event.user_id for item in distinct.values()})
     inserted_ids = _insert_events(conn, distinct.values())
     new_events = [distinct[event_id].event for event_id in inserted_ids]
-    new_events.sort(key=lambda event: (event.occurred_at, event.event_id))
+    new_events.sort(key=_CONTRACT_ORDER)
     changes, slow, extended = _resessionize(conn, new_events, rules)
     # Last: traffic_minute rows are shared by every visitor of a minute, and their row locks
     # are held until commit. Taken at the end, concurrent consumers wait for each other least.
@@ -334,16 +338,23 @@ def _insert_events(conn: Connection, items: Iterable[PositionedEvent]) -> list[s
 
 def _add_traffic(conn: Connection, new_events: Sequence[ClickEvent]) -> None:
     buckets: dict[tuple[datetime, str, str], list[Any]] = {}
-    for event in new_events:
-        minute = event.occurred_at.replace(second=0, microsecond=0)
+    minute = next_minute = _NEVER
+    for event in new_events:  # in time order: most share the minute of the one before
+        at = event.occurred_at
+        if not minute <= at < next_minute:
+            minute = at.replace(second=0, microsecond=0)
+            next_minute = minute + _MINUTE
         key = (minute, _TEXT[event.device_type], event.country or "")
-        bucket = buckets.setdefault(key, [0, 0, 0, 0, Decimal("0.00")])
+        bucket = buckets.get(key)
+        if bucket is None:
+            bucket = buckets[key] = [0, 0, 0, 0, Decimal("0.00")]
         bucket[0] += 1
-        if event.event_type is EventType.PAGE_VIEW:
+        kind = event.event_type
+        if kind is EventType.PAGE_VIEW:
             bucket[1] += 1
-        elif event.event_type is EventType.ADD_TO_CART:
+        elif kind is EventType.ADD_TO_CART:
             bucket[2] += 1
-        elif event.event_type is EventType.PURCHASE:
+        elif kind is EventType.PURCHASE:
             bucket[3] += 1
             bucket[4] += event.revenue or Decimal("0.00")
     if not buckets:
@@ -519,26 +530,29 @@ def _resessionize(
     by_user: dict[str, list[ClickEvent]] = defaultdict(list)
     for event in new_events:  # already in contract order
         by_user[event.user_id].append(event)
-    extended: dict[str, str] = {}
+    in_place = _Extension({}, {})
     if conn.dialect.name == "postgresql":
-        extended = _extend_in_sql(conn, by_user, rules)
-        if extended:
-            changes.upserted.extend(extended.values())
-            if len(extended) == len(by_user):
-                return changes, 0, len(extended)
+        in_place = _extend_in_sql(conn, by_user, rules)
+    extended = in_place.extended
+    if extended:
+        changes.upserted.extend(extended.values())
+        if len(extended) == len(by_user):
+            return changes, 0, len(extended)
+    gap = rules.gap
     fresh_by_user = {
         user: [_session_event(event) for event in events]
         for user, events in by_user.items()
         if user not in extended
     }
-    gap = rules.gap
-    nearby = _sessions_near(
-        conn,
-        {
-            user: (fresh[0].occurred_at - gap, fresh[-1].occurred_at + gap)
-            for user, fresh in fresh_by_user.items()
-        },
-    )
+    # Read the stored sessions near the new events, except for visitors whose latest session
+    # is known to have ended more than `gap` before them: nothing stored is near those.
+    latest_end = in_place.latest_end
+    unknown = {
+        user: (fresh[0].occurred_at - gap, fresh[-1].occurred_at + gap)
+        for user, fresh in fresh_by_user.items()
+        if user not in latest_end or (latest_end[user] or _NEVER) >= fresh[0].occurred_at - gap
+    }
+    nearby = _sessions_near(conn, unknown) if unknown else {}
     written: list[Session] = []
     slow: dict[str, tuple[datetime, datetime]] = {}
     for user, fresh in fresh_by_user.items():
@@ -609,8 +623,10 @@ _DELTA_TABLE_SQL: Final = (
 # The funnel step reached from each possible step 0..5 comes packed in `d.funnel`, 3 bits per
 # step. `s` is found by its row address (ctid): a join on its id can turn into a scan of the
 # whole table when the planner's statistics are stale. Visitors the statement does not extend
-# take the general path.
+# take the general path; for them it returns when their latest session ended (the statement
+# sees the rows as they were before its UPDATE), which often saves that path a read.
 _EXTEND_SQL: Final = f"""
+WITH extended AS (
 UPDATE sessions AS s SET
     ended_at = d.last_at,
     duration_seconds = EXTRACT(EPOCH FROM d.last_at - s.started_at),
@@ -635,6 +651,13 @@ WHERE s.ctid = latest.ctid
     AND d.last_at - s.started_at <= %(max_length)s
     AND (d.purchases = 0 OR s.purchases > 0)
 RETURNING d.user_id, s.session_id
+)
+SELECT d.user_id, e.session_id, CASE WHEN e.session_id IS NULL THEN (
+    SELECT x.ended_at FROM sessions AS x
+    WHERE x.user_id = d.user_id AND x.started_at <= d.last_at + %(gap)s
+    ORDER BY x.started_at DESC LIMIT 1
+) END
+FROM {_DELTA_TWIN} AS d LEFT JOIN extended AS e ON e.user_id = d.user_id
 """
 
 
@@ -686,24 +709,39 @@ def _session_delta(
     )
 
 
+class _Extension(NamedTuple):
+    """What the in-place statement did with the visitors it was given."""
+
+    extended: dict[str, str]
+    """Per visitor whose latest session the statement extended, that session's id."""
+    latest_end: dict[str, datetime | None]
+    """Per other visitor given, when the latest session ended (``None``: there is none)."""
+
+
 def _extend_in_sql(
     conn: Connection, by_user: Mapping[str, Sequence[ClickEvent]], rules: SessionRules
-) -> dict[str, str]:
+) -> _Extension:
     """PostgreSQL: extend open sessions in place from the new events' measures.
 
-    Returns, per visitor extended, the id of the session; the others are left untouched.
+    Visitors whose new events are more than ``gap`` apart are not given to the statement.
     """
+    outcome = _Extension({}, {})
     gap = rules.gap
     deltas = (_session_delta(user, events, gap) for user, events in by_user.items())
     rows = [row for row in deltas if row is not None]
     if not rows:
-        return {}
+        return outcome
     names = ", ".join(_DELTA_COLUMNS)
     with _driver_errors(conn, _EXTEND_SQL) as driver, driver.cursor() as cursor:
         cursor.execute(_DELTA_TABLE_SQL)
         _copy_rows(cursor, _DELTA_TWIN, names, rows)
         cursor.execute(_EXTEND_SQL, {"gap": gap, "max_length": rules.max_length})
-        return {str(user): str(session_id) for user, session_id in cursor.fetchall()}
+        for user, session_id, latest_end in cursor:
+            if session_id is None:
+                outcome.latest_end[user] = latest_end
+            else:
+                outcome.extended[user] = session_id
+    return outcome
 
 
 def _recompute(
