@@ -5,7 +5,8 @@ The order of effects makes redelivery harmless (exactly-once *effect*):
 1. decode and validate every message; invalid ones become :class:`DeadLetter` s;
 2. open a SQL transaction; write events, ``traffic_minute`` and sessions (idempotent) and
    queue the ids of changed sessions in the search outbox (:mod:`clickstream.outbox`);
-3. index the *new* events into OpenSearch (``_id`` = ``event_id``, create-only);
+3. index the *new* events into OpenSearch (``_id`` = ``event_id``, create-only), in a thread
+   beside step 2 from the moment the insert said which events are new, and wait for it;
 4. send dead letters (including events OpenSearch rejected) and wait for Kafka's ack;
 5. commit the SQL transaction;
 6. the caller commits the Kafka offsets;
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -208,12 +210,23 @@ class BatchProcessor:
         letters: list[DeadLetter],
         sources: Mapping[str, IncomingMessage],
     ) -> BatchOutcome:
+        search = self.search
+        indexing: list[Future[Sequence[Rejection]]] = []
         try:
-            with self.engine.begin() as conn:
-                outcome = write_batch(conn, events=valid, rules=self.rules)
-                if self.search is not None:
+            # The new events are indexed in a thread of its own while the transaction writes
+            # the sessions: OpenSearch and PostgreSQL work at the same time. Leaving the
+            # block waits for that thread, whatever happened.
+            with ThreadPoolExecutor(1, "index-events") as indexer, self.engine.begin() as conn:
+
+                def index(new_events: list[ClickEvent]) -> None:
+                    if search is not None and new_events:
+                        indexing.append(indexer.submit(search.index_click_events, new_events))
+
+                outcome = write_batch(conn, events=valid, rules=self.rules, on_inserted=index)
+                if search is not None:
                     outbox.enqueue(conn, [*outcome.sessions.upserted, *outcome.sessions.deleted])
-                    letters.extend(_index_events(self.search, outcome, sources))
+                for future in indexing:  # raises what indexing raised: nothing is committed
+                    letters.extend(_rejected_events(future.result(), sources))
                 if letters:
                     self.dead_letters.send(letters)
         except DBAPIError as exc:
@@ -305,13 +318,11 @@ def _is_unavailable(exc: DBAPIError) -> bool:
     return isinstance(exc, (OperationalError, InterfaceError)) or exc.connection_invalidated
 
 
-def _index_events(
-    search: SearchIndex, outcome: BatchOutcome, sources: Mapping[str, IncomingMessage]
+def _rejected_events(
+    rejections: Sequence[Rejection], sources: Mapping[str, IncomingMessage]
 ) -> list[DeadLetter]:
     letters: list[DeadLetter] = []
-    if not outcome.new_events:
-        return letters
-    for rejection in search.index_click_events(outcome.new_events):
+    for rejection in rejections:
         source = sources.get(rejection.doc_id)
         if source is not None:
             letters.append(

@@ -24,7 +24,7 @@ import logging
 import operator
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -122,12 +122,18 @@ class BatchOutcome:
 
 
 def write_batch(
-    conn: Connection, *, events: Sequence[PositionedEvent], rules: SessionRules
+    conn: Connection,
+    *,
+    events: Sequence[PositionedEvent],
+    rules: SessionRules,
+    on_inserted: Callable[[list[ClickEvent]], None] | None = None,
 ) -> BatchOutcome:
     """Store a batch of valid events inside the caller's open transaction.
 
     Idempotent: writing the same events again (redelivery) changes nothing. Within the batch,
-    the first copy of an ``event_id`` (in the given order) is the one stored.
+    the first copy of an ``event_id`` (in the given order) is the one stored. ``on_inserted``
+    is called with the new events (in contract order) as soon as they are known, before the
+    sessions and ``traffic_minute`` are written, so that the caller can start indexing them.
     """
     distinct: dict[str, PositionedEvent] = {}
     for item in events:
@@ -139,6 +145,8 @@ def write_batch(
     inserted_ids = _insert_events(conn, distinct.values())
     new_events = [distinct[event_id].event for event_id in inserted_ids]
     new_events.sort(key=_CONTRACT_ORDER)
+    if on_inserted is not None:
+        on_inserted(new_events)
     changes, slow, extended = _resessionize(conn, new_events, rules)
     # Last: traffic_minute rows are shared by every visitor of a minute, and their row locks
     # are held until commit. Taken at the end, concurrent consumers wait for each other least.
