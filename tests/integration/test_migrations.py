@@ -20,7 +20,7 @@ from clickstream.db.migrate import SchemaDriftError, check, downgrade, upgrade
 from clickstream.db.models import events_table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEAD = "b41c7e2d9a10"
+HEAD = "c5e8a1f40b27"
 
 TABLES = {"events", "sessions", "traffic_minute", "search_outbox"}
 INDEXES = {
@@ -188,3 +188,23 @@ def test_postgres_connections_use_utc(database_url: str):
     finally:
         engine.dispose()
     assert bucket == "2024-04-30 22:00:00+00"
+
+
+@pytest.mark.integration
+def test_sessions_pages_leave_room_for_in_place_updates(database_url: str):
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            options = conn.execute(
+                text("SELECT reloptions FROM pg_class WHERE relname = 'sessions'")
+            ).scalar_one()
+        downgrade(database_url, "b41c7e2d9a10")
+        with engine.connect() as conn:
+            reset = conn.execute(
+                text("SELECT reloptions FROM pg_class WHERE relname = 'sessions'")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert options == ["fillfactor=70"]
+    assert reset is None
