@@ -542,6 +542,15 @@ def _parser() -> argparse.ArgumentParser:
         help="how often to log throughput and lag (default 10)",
     )
     parser.add_argument(
+        "--search-sync-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often session documents are brought up to date in OpenSearch (default 2);"
+        " longer writes each active session once per interval instead of once per change:"
+        " less work for OpenSearch, older session documents",
+    )
+    parser.add_argument(
         "--session-timeout",
         type=float,
         default=45.0,
@@ -574,10 +583,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             msg = "--batch-size must be at least 1"
             raise ConfigError(msg)
+        if not args.search_sync_interval > 0:
+            msg = "--search-sync-interval must be more than 0 seconds"
+            raise ConfigError(msg)
         options = ConsumerOptions(
             batch_size=args.batch_size,
             exit_when_idle=args.exit_when_idle,
             progress_interval=args.progress_interval,
+            search_sync_interval=args.search_sync_interval,
             opensearch=not args.no_opensearch,
             session_timeout=args.session_timeout,
         )
