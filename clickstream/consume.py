@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from sqlalchemy import Engine, inspect
@@ -39,13 +39,18 @@ _log = logging.getLogger("clickstream.consume")
 _MAX_BACKOFF_SECONDS = 30.0
 
 
+_DEFAULT_SEARCH_SYNC_INTERVAL: Final = 5.0
+"""Seconds between outbox drains: the session index refreshes every 5 s, so documents written
+more often would not become searchable sooner."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerOptions:
     """How the loop behaves (as opposed to where it connects, which is :class:`Settings`)."""
 
     batch_size: int = 2000
     poll_timeout: float = 0.25
-    search_sync_interval: float = 2.0
+    search_sync_interval: float = _DEFAULT_SEARCH_SYNC_INTERVAL
     exit_when_idle: float | None = None
     progress_interval: float = 10.0
     opensearch: bool = True
@@ -544,11 +549,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--search-sync-interval",
         type=float,
-        default=2.0,
+        default=_DEFAULT_SEARCH_SYNC_INTERVAL,
         metavar="SECONDS",
-        help="how often session documents are brought up to date in OpenSearch (default 2);"
-        " longer writes each active session once per interval instead of once per change:"
-        " less work for OpenSearch, older session documents",
+        help="how often session documents are brought up to date in OpenSearch (default 5,"
+        " the session index's refresh interval); longer writes each active session once per"
+        " interval instead of once per change: less work for OpenSearch, older documents",
     )
     parser.add_argument(
         "--session-timeout",

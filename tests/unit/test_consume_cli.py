@@ -15,7 +15,7 @@ def test_help_explains_the_search_sync_interval(capsys: pytest.CaptureFixture[st
     assert exited.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--search-sync-interval SECONDS" in text
-    assert "older session documents" in text
+    assert "the session index's refresh interval" in text
     assert "examples:" in text
 
 
