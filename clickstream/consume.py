@@ -39,6 +39,7 @@ _log = logging.getLogger("clickstream.consume")
 _MAX_BACKOFF_SECONDS = 30.0
 
 
+_MAX_SEARCH_SYNC_INTERVAL: Final = 3600.0
 _DEFAULT_SEARCH_SYNC_INTERVAL: Final = 5.0
 """Seconds between outbox drains: the session index refreshes every 5 s, so documents written
 more often would not become searchable sooner."""
@@ -588,8 +589,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             msg = "--batch-size must be at least 1"
             raise ConfigError(msg)
-        if not args.search_sync_interval > 0:
-            msg = "--search-sync-interval must be more than 0 seconds"
+        if not 0 < args.search_sync_interval <= _MAX_SEARCH_SYNC_INTERVAL:
+            msg = (
+                "--search-sync-interval must be more than 0 and at most "
+                f"{_MAX_SEARCH_SYNC_INTERVAL:.0f} seconds"
+            )
             raise ConfigError(msg)
         options = ConsumerOptions(
             batch_size=args.batch_size,

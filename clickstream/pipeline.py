@@ -16,7 +16,9 @@ The order of effects makes redelivery harmless (exactly-once *effect*):
 
 A failure before 5 rolls everything back in SQL and the batch is retried; an event indexed by
 the failed attempt is the same event the retry stores (the same first copy of its partition),
-and session documents only ever come from committed rows. A failed drain leaves the ids
+and session documents only ever come from committed rows. (An event the database refuses for
+good after the insert, when a session or ``traffic_minute`` value is out of range, is
+dead-lettered, but the attempt may have indexed it already.) A failed drain leaves the ids
 queued for the next one. A crash between 5 and 6 redelivers the batch: SQL reports every event
 as a duplicate and nothing changes.
 Dead letters are delivered at least once; their ``source_*`` headers identify them uniquely.

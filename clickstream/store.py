@@ -256,9 +256,12 @@ def _copy_insert(
     twin = quote(f"incoming_{table.name}")
     insert = f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} FROM {twin} {suffix}"
     with _driver_errors(conn, insert) as driver, driver.cursor() as cursor:
+        # Emptied first as well: a second write_batch() in the same transaction must not
+        # read the rows the first one left (they are only deleted at commit).
         cursor.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {twin} "
-            f"(LIKE {quote(table.name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            f"(LIKE {quote(table.name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS; "
+            f"DELETE FROM {twin}"
         )
         _copy_rows(cursor, twin, names, rows)
         cursor.execute(insert)
@@ -616,7 +619,8 @@ _DELTA_COLUMNS: Final = (
 _DELTA_TABLE_SQL: Final = (
     f"CREATE TEMP TABLE IF NOT EXISTS {_DELTA_TWIN} (user_id text, first_at timestamptz,"
     " last_at timestamptz, events integer, page_views integer, purchases integer,"
-    " revenue numeric, exit_page text, funnel integer) ON COMMIT DELETE ROWS"
+    " revenue numeric, exit_page text, funnel integer) ON COMMIT DELETE ROWS;"
+    f" DELETE FROM {_DELTA_TWIN}"  # as in _copy_insert: rows of an earlier call, same transaction
 )
 # The in-order fast path as one statement. A visitor's new events (`d`, each within `gap` of
 # the one before) extend the visitor's latest session `s` in place when the definition leaves

@@ -16,11 +16,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from clickstream.db import make_engine
 from clickstream.db.migrate import upgrade
-from clickstream.db.models import sessions_table
+from clickstream.db.models import sessions_table, traffic_minute_table
 from clickstream.events import ClickEvent
 from clickstream.store import BatchOutcome, PositionedEvent, SessionRules, write_batch
 from tests.support import definition_sessions, random_events
@@ -203,6 +203,58 @@ def test_a_later_stored_session_is_kept_or_bridged(engine: Engine) -> None:
     assert [(r["started_at"], r["ended_at"], r["event_count"]) for r in rows] == [
         (T0, T0 + timedelta(hours=2), 6),
     ]
+
+
+def test_a_tie_with_a_later_event_id_keeps_the_stored_exit_page(engine: Engine) -> None:
+    rules = SessionRules()
+    _write(engine, [_event(1, T0), _event(6, T0 + timedelta(minutes=10))], rules)
+    # same time as the stored last event, but its id sorts first: ...5 < ...6
+    tie = _write(engine, [_event(5, T0 + timedelta(minutes=10))], rules)
+    [row] = _sessions(engine)
+    assert tie.extended_in_sql == 0
+    assert row["event_count"] == 3
+    assert row["exit_page"] == "https://shop.test/home/6"
+
+
+def test_a_session_that_ended_exactly_gap_before_is_still_read(engine: Engine) -> None:
+    # The purchase cannot convert the session in place (the path needs its page types), and
+    # the session ended exactly `gap` before it: the general path must read it and join them.
+    rules = SessionRules()
+    _write(engine, [_event(1, T0, page="cart")], rules)
+    outcome = _write(
+        engine, [_event(2, T0 + timedelta(minutes=30), "purchase", revenue=20.0)], rules
+    )
+    [row] = _sessions(engine)
+    assert outcome.extended_in_sql == 0
+    assert (row["event_count"], row["purchases"], row["converted"]) == (2, 1, True)
+    assert row["conversion_path"] == "cart > confirmation"
+
+
+def test_several_batches_in_one_transaction(engine: Engine) -> None:
+    rules = SessionRules()
+    with engine.begin() as conn:
+        first = [_event(1, T0, user_id="u"), _event(2, T0, user_id="v")]
+        second = [
+            _event(3, T0 + timedelta(minutes=5), user_id="u"),
+            _event(4, T0 + timedelta(minutes=40), user_id="v"),
+        ]
+        for offset, batch in ((0, first), (2, second)):
+            write_batch(
+                conn,
+                events=[PositionedEvent(e, 0, offset + i) for i, e in enumerate(batch)],
+                rules=rules,
+            )
+    rows = _sessions(engine)
+    by_user = sorted((r["user_id"], r["started_at"], r["event_count"]) for r in rows)
+    # u: 10:00 and 10:05 in one session; v: 10:00 and 10:40 are 40 minutes apart, two sessions
+    assert by_user == [
+        ("u", T0, 2),
+        ("v", T0, 1),
+        ("v", T0 + timedelta(minutes=40), 1),
+    ]
+    with engine.connect() as conn:
+        counted = conn.execute(select(func.sum(traffic_minute_table.c.events))).scalar_one()
+    assert counted == 4
 
 
 RULES = [SessionRules(), SessionRules(max_length=SessionRules().gap * 1.5)]

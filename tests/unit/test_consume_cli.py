@@ -22,7 +22,9 @@ def test_help_explains_the_search_sync_interval(capsys: pytest.CaptureFixture[st
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--search-sync-interval", "0"], "--search-sync-interval must be more than 0 seconds"),
+        (["--search-sync-interval", "0"], "--search-sync-interval must be more than 0"),
+        (["--search-sync-interval", "inf"], "and at most 3600 seconds"),
+        (["--search-sync-interval", "nan"], "--search-sync-interval must be more than 0"),
         (["--batch-size", "0"], "--batch-size must be at least 1"),
     ],
 )
