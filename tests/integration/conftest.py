@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
+from sqlalchemy import Engine
 
+from clickstream.db import make_engine
 from clickstream.db.migrate import upgrade
 from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES
 
@@ -18,6 +20,14 @@ def migrated_database_url(database_url: str) -> str:
     """A fresh PostgreSQL database with the schema at Alembic's head."""
     upgrade(database_url)
     return database_url
+
+
+@pytest.fixture
+def migrated_engine(migrated_database_url: str) -> Iterator[Engine]:
+    """An engine on a fresh PostgreSQL database with the schema at Alembic's head."""
+    engine = make_engine(migrated_database_url)
+    yield engine
+    engine.dispose()
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,8 @@ def conn(database_url: str) -> Iterator[Connection]:
 
 
 @pytest.fixture
-def empty_engine(database_url: str) -> Iterator[Engine]:
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
+def empty_engine(migrated_engine: Engine) -> Engine:
+    return migrated_engine
 
 
 class TestAnalyticsOnPostgres(AnalyticsCases):

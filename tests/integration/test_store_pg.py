@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,8 +18,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select
 
-from clickstream.db import make_engine
-from clickstream.db.migrate import upgrade
 from clickstream.db.models import sessions_table, traffic_minute_table
 from clickstream.events import ClickEvent
 from clickstream.store import BatchOutcome, PositionedEvent, SessionRules, write_batch
@@ -29,11 +27,8 @@ T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    upgrade(database_url)
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
+def engine(migrated_engine: Engine) -> Engine:
+    return migrated_engine
 
 
 def _event(n: int, at: datetime, kind: str = "page_view", page: str = "home", **extra: Any) -> Any:
