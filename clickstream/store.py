@@ -248,22 +248,16 @@ def _copy_insert(
     """PostgreSQL: COPY the rows into a temporary twin of ``table``, then one INSERT ... SELECT.
 
     ``rows`` hold the values of ``columns``, in that order. COPY is the fastest way into
-    PostgreSQL; the INSERT adds what COPY cannot (``ON CONFLICT``, ``RETURNING``). The twin is
-    emptied at commit. Returns the rows of ``RETURNING``, if any.
+    PostgreSQL; the INSERT adds what COPY cannot (``ON CONFLICT``, ``RETURNING``). Returns the
+    rows of ``RETURNING``, if any.
     """
     quote = conn.dialect.identifier_preparer.quote
     names = ", ".join(quote(c) for c in columns)
     twin = quote(f"incoming_{table.name}")
     insert = f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} FROM {twin} {suffix}"
     with _driver_errors(conn, insert) as driver, driver.cursor() as cursor:
-        # Emptied first as well: a second write_batch() in the same transaction must not
-        # read the rows the first one left (they are only deleted at commit).
-        cursor.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {twin} "
-            f"(LIKE {quote(table.name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS; "
-            f"DELETE FROM {twin}"
-        )
-        _copy_rows(cursor, twin, names, rows)
+        like = f"(LIKE {quote(table.name)} INCLUDING DEFAULTS)"
+        _copy_rows(cursor, twin, like, names, rows)
         cursor.execute(insert)
         return cursor.fetchall() if cursor.description else []
 
@@ -285,22 +279,33 @@ _COPY_TYPES: Final[weakref.WeakKeyDictionary[psycopg.Connection[Any], dict[str, 
 
 
 def _copy_rows(
-    cursor: psycopg.Cursor[Any], target: str, names: str, rows: Iterable[Sequence[Any]]
+    cursor: psycopg.Cursor[Any],
+    twin: str,
+    definition: str,
+    names: str,
+    rows: Iterable[Sequence[Any]],
 ) -> None:
-    """COPY ``rows`` (values of the columns ``names``, in order) into ``target``, in binary.
+    """COPY ``rows`` (values of the columns ``names``, in order) into the temporary ``twin``.
 
-    Binary COPY takes each column's exact type, learnt once per connection. It is several
-    times cheaper than text for the driver (a ``timestamptz`` costs about 0.3 µs to write
-    in binary, 2.5 µs as text) and cheaper for PostgreSQL to read.
+    The twin is created with ``definition`` (its columns) when missing, and emptied first:
+    it is only emptied at commit, and a second write_batch() in the same transaction must
+    not read the rows of the first. The COPY is binary: it takes each column's exact type,
+    learnt once per connection, and is several times cheaper than text for the driver (a
+    ``timestamptz`` costs about 0.3 µs to write in binary, 2.5 µs as text) and cheaper for
+    PostgreSQL to read.
     """
+    cursor.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {twin} {definition} ON COMMIT DELETE ROWS; "
+        f"DELETE FROM {twin}"
+    )
     known = _COPY_TYPES.setdefault(cursor.connection, {})
-    key = f"{target} ({names})"
+    key = f"{twin} ({names})"
     types = known.get(key)
     if types is None:
-        cursor.execute(f"SELECT {names} FROM {target} LIMIT 0")
+        cursor.execute(f"SELECT {names} FROM {twin} LIMIT 0")
         types = known[key] = [column.type_code for column in cursor.description or ()]
     cursor.adapters.register_dumper(None, _UuidFromTextDumper)
-    with cursor.copy(f"COPY {target} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+    with cursor.copy(f"COPY {twin} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(types)
         write_row = copy.write_row
         for row in rows:
@@ -616,11 +621,9 @@ _DELTA_COLUMNS: Final = (
     "exit_page",
     "funnel",
 )
-_DELTA_TABLE_SQL: Final = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_DELTA_TWIN} (user_id text, first_at timestamptz,"
-    " last_at timestamptz, events integer, page_views integer, purchases integer,"
-    " revenue numeric, exit_page text, funnel integer) ON COMMIT DELETE ROWS;"
-    f" DELETE FROM {_DELTA_TWIN}"  # as in _copy_insert: rows of an earlier call, same transaction
+_DELTA_DEFINITION: Final = (
+    "(user_id text, first_at timestamptz, last_at timestamptz, events integer,"
+    " page_views integer, purchases integer, revenue numeric, exit_page text, funnel integer)"
 )
 # The in-order fast path as one statement. A visitor's new events (`d`, each within `gap` of
 # the one before) extend the visitor's latest session `s` in place when the definition leaves
@@ -745,8 +748,7 @@ def _extend_in_sql(
         return outcome
     names = ", ".join(_DELTA_COLUMNS)
     with _driver_errors(conn, _EXTEND_SQL) as driver, driver.cursor() as cursor:
-        cursor.execute(_DELTA_TABLE_SQL)
-        _copy_rows(cursor, _DELTA_TWIN, names, rows)
+        _copy_rows(cursor, _DELTA_TWIN, _DELTA_DEFINITION, names, rows)
         cursor.execute(_EXTEND_SQL, {"gap": gap, "max_length": rules.max_length})
         for user, session_id, latest_end in cursor:
             if session_id is None:

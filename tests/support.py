@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
+from clickstream.events import ClickEvent
 from clickstream.sessions import SessionEvent, build_sessions
-from clickstream.store import session_row
+from clickstream.store import BatchOutcome, PositionedEvent, SessionRules, session_row, write_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,6 +97,23 @@ def random_events(
             out.append((at, data))
     out.sort(key=lambda pair: pair[0])
     return [data for _, data in out]
+
+
+def write_in_random_batches(
+    engine: Engine, events: Sequence[ClickEvent], rng: random.Random, rules: SessionRules
+) -> BatchOutcome:
+    """Store ``events`` in their order with ``write_batch``, in batches of random sizes of 1 to
+    40 events, one transaction each; returns what all the batches changed."""
+    total = BatchOutcome()
+    position = 0
+    while position < len(events):
+        size = rng.choice([1, 2, 3, 7, 40])
+        batch = events[position : position + size]
+        with engine.begin() as conn:
+            positioned = [PositionedEvent(e, 0, position + i) for i, e in enumerate(batch)]
+            total.add(write_batch(conn, events=positioned, rules=rules))
+        position += size
+    return total
 
 
 def produce(

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, func, select
 from clickstream.db.models import sessions_table, traffic_minute_table
 from clickstream.events import ClickEvent
 from clickstream.store import BatchOutcome, PositionedEvent, SessionRules, write_batch
-from tests.support import definition_sessions, random_events
+from tests.support import definition_sessions, random_events, write_in_random_batches
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 
@@ -255,16 +255,6 @@ def test_several_batches_in_one_transaction(engine: Engine) -> None:
 RULES = [SessionRules(), SessionRules(max_length=SessionRules().gap * 1.5)]
 
 
-def _feed(engine: Engine, events: list[ClickEvent], rng: random.Random, rules: SessionRules) -> int:
-    extended = 0
-    position = 0
-    while position < len(events):
-        size = rng.choice([1, 2, 3, 7, 40])
-        extended += _write(engine, events[position : position + size], rules).extended_in_sql
-        position += size
-    return extended
-
-
 def _stored(engine: Engine, want: list[dict[str, Any]]) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(select(sessions_table).order_by(sessions_table.c.session_id))
@@ -279,7 +269,7 @@ def test_streams_in_order_give_the_definition(engine: Engine, seed: int) -> None
         ClickEvent.model_validate_json(json.dumps(e))
         for e in random_events(200 + seed, users=15, per_user=30)
     ]
-    extended = _feed(engine, decoded, rng, rules)
+    extended = write_in_random_batches(engine, decoded, rng, rules).extended_in_sql
     want = definition_sessions(decoded, gap=rules.gap, max_length=rules.max_length)
     assert _stored(engine, want) == want
     assert extended > 0  # the in-place statement did part of the work
@@ -295,6 +285,6 @@ def test_shuffled_and_duplicated_streams_give_the_definition(engine: Engine, see
     late = set(rng.sample(range(len(sent)), len(sent) // 4))
     sent = [e for i, e in enumerate(sent) if i not in late] + [sent[i] for i in sorted(late)]
     decoded = [ClickEvent.model_validate_json(json.dumps(e)) for e in sent]
-    _feed(engine, decoded, rng, rules)
+    write_in_random_batches(engine, decoded, rng, rules)
     want = definition_sessions(decoded, gap=rules.gap, max_length=rules.max_length)
     assert _stored(engine, want) == want

@@ -17,7 +17,7 @@ from clickstream.db.migrate import upgrade
 from clickstream.db.models import events_table, sessions_table, traffic_minute_table
 from clickstream.events import ClickEvent
 from clickstream.store import PositionedEvent, SessionRules, write_batch
-from tests.support import definition_sessions, random_events
+from tests.support import definition_sessions, random_events, write_in_random_batches
 
 RULES = [
     SessionRules(),
@@ -51,17 +51,7 @@ def test_any_arrival_order_gives_the_definition(tmp_path: Path, seed: int) -> No
     upgrade(url)
     engine = make_engine(url)
     decoded = [ClickEvent.model_validate_json(json.dumps(e)) for e in sent]
-    position = 0
-    while position < len(decoded):
-        size = rng.choice([1, 2, 3, 7, 40])
-        batch = decoded[position : position + size]
-        with engine.begin() as conn:
-            write_batch(
-                conn,
-                events=[PositionedEvent(e, 0, position + i) for i, e in enumerate(batch)],
-                rules=rules,
-            )
-        position += size
+    write_in_random_batches(engine, decoded, rng, rules)
     engine.dispose()
     sessions, totals = _rows(url)
     want = definition_sessions(decoded, gap=rules.gap, max_length=rules.max_length)
