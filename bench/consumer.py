@@ -24,6 +24,12 @@ are outside the clock.
 trigger in the benchmark's own database sends ``NOTIFY`` with the batch's Kafka offsets, and
 PostgreSQL delivers a notification only when that transaction commits). ``--soak-minutes``
 runs the consumer process under a steady load and samples its resident memory.
+
+Before the throughput scenarios, OpenSearch indexes ``--warm-up-documents`` event documents
+into a scratch prefix (not measured, then deleted). A freshly started node compiles its
+indexing code as it goes: the first few hundred thousand documents cost it two to three times
+the CPU of the later ones, which would otherwise land on whichever scenario runs first. A
+production node has long been warm.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ from clickstream.producer import producer_config
 from clickstream.search import ensure_search_setup, make_client
 from clickstream.search.documents import event_document
 from clickstream.search.indices import events_index, events_index_pattern, sessions_alias
+from clickstream.search.sink import SearchSink
 from clickstream.settings import Settings, load_settings
 from clickstream.simulator import SimulatorConfig, TrafficSimulator
 
@@ -1052,6 +1059,8 @@ def _throughput(stack: Stack, client: OpenSearch | None, args: argparse.Namespac
     with fresh_topics(stack.bootstrap, partitions=partitions) as topics:
         _log.info("producing %d events to %s", count, topics.events)
         positions = _produce(base, topics.events, messages)
+        if client is not None and args.warm_up_documents > 0:
+            _warm_up_opensearch(client, messages, args.warm_up_documents)
 
         def single(name: str, settings: Settings, opensearch: bool) -> PipelineFigure:
             return _pipeline(
@@ -1140,6 +1149,34 @@ def _throughput(stack: Stack, client: OpenSearch | None, args: argparse.Namespac
     return Throughput(
         pg, both, naive, copy, bulk_figure, decode, hot_spots, processes_pg, processes_both
     )
+
+
+def _warm_up_opensearch(
+    client: OpenSearch, messages: Sequence[tuple[bytes, bytes]], n: int
+) -> None:
+    """Index ``n`` event documents (the workload's, repeated as needed) into a scratch prefix
+    through the product's sink, so that the node's JIT is warm before anything is timed."""
+    now = _now()
+    events = [decode_event(v, now=now, future_tolerance=FUTURE_TOLERANCE) for _, v in messages]
+    with opensearch_prefix(client) as prefix:
+        ensure_search_setup(client, prefix=prefix)
+        sink = SearchSink(client, prefix)
+        done = 0
+        started = time.perf_counter()
+        while done < n:
+            chunk = events[: n - done]
+            refused = sink.index_click_events(chunk)
+            if refused:
+                msg = f"warm-up: OpenSearch refused {len(refused)} documents"
+                raise RuntimeError(msg)
+            done += len(chunk)
+            if done < n:  # the same ids again would only be version conflicts: use new ones
+                client.indices.delete(index=f"{prefix}-events-*")
+        _log.info(
+            "OpenSearch warm-up: %d documents in %.1f s (not measured)",
+            done,
+            time.perf_counter() - started,
+        )
 
 
 def _check(got: int, want: int, what: str) -> None:
@@ -1345,6 +1382,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=2000, help="consumer batch size")
     parser.add_argument(
+        "--warm-up-documents",
+        type=int,
+        default=300_000,
+        metavar="N",
+        help="event documents OpenSearch indexes into a scratch prefix before the throughput "
+        "scenarios, so that a freshly started node's JIT is warm (not measured; default "
+        "300000; 0 to skip)",
+    )
+    parser.add_argument(
         "--partitions",
         type=int,
         default=6,
@@ -1414,6 +1460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("clickstream.search.setup").setLevel(logging.ERROR)
     if args.events < 1 or args.naive_events < 1 or args.batch_size < 1:
         print("--events, --naive-events and --batch-size must be positive", file=sys.stderr)
+        return 2
+    if args.warm_up_documents < 0:
+        print("--warm-up-documents must be 0 or more", file=sys.stderr)
         return 2
     stack = Stack(args.bootstrap_servers, args.postgres_admin_url, args.opensearch_url)
     client = make_client(stack.opensearch_url) if args.with_opensearch else None

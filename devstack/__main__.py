@@ -28,7 +28,8 @@ examples:
 Everything (jars, data, logs, pid files) lives in .local/ at the repository root; Maven's
 ~/.m2 is the download cache. Ports and paths can be set with flags or with environment
 variables: CLICKSTREAM_DEVSTACK_{HOME,KAFKA_PORT,KAFKA_CONTROLLER_PORT,POSTGRES_PORT,
-OPENSEARCH_PORT,OPENSEARCH_TRANSPORT_PORT,HEAP,JAVA}.
+OPENSEARCH_PORT,OPENSEARCH_TRANSPORT_PORT,HEAP,OPENSEARCH_HEAP,JAVA}: HEAP is Kafka's JVM heap
+(default 512m), OPENSEARCH_HEAP OpenSearch's (default 2g).
 """
 
 

@@ -135,7 +135,7 @@ class OpenSearchService:
         (self.home / "tmp").mkdir(parents=True, exist_ok=True)
         argv = node_argv(
             java=self.config.java,
-            heap=self.config.heap,
+            heap=self.config.opensearch_heap,
             home=self.home,
             libs=self.libs,
             classes=self.classes,

@@ -28,6 +28,7 @@ def test_defaults_are_the_documented_ports():
     assert (config.kafka_port, config.kafka_controller_port) == (19092, 19093)
     assert (config.postgres_port, config.opensearch_port) == (15432, 19200)
     assert config.home.name == ".local"
+    assert (config.heap, config.opensearch_heap) == ("512m", "2g")
 
 
 def test_env_exports_point_at_the_stack():
@@ -45,6 +46,7 @@ def test_environment_then_overrides():
         "CLICKSTREAM_DEVSTACK_POSTGRES_PORT": "25432",
         "CLICKSTREAM_DEVSTACK_HOME": "/srv/stack",
         "CLICKSTREAM_DEVSTACK_HEAP": "256m",
+        "CLICKSTREAM_DEVSTACK_OPENSEARCH_HEAP": "1g",
     }
     config = config_from_env(env, overrides={"postgres_port": 35432, "opensearch_port": None})
     assert config.kafka_port == 29092
@@ -52,6 +54,7 @@ def test_environment_then_overrides():
     assert config.opensearch_port == 19200
     assert config.home == Path("/srv/stack")
     assert config.heap == "256m"
+    assert config.opensearch_heap == "1g"
     assert config.database_url("other").endswith("@127.0.0.1:35432/other")
 
 
