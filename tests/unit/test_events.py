@@ -622,6 +622,17 @@ def test_not_json_details_say_why() -> None:
     assert "not an object" in rejection(b"[1, 2]").detail
 
 
+@pytest.mark.parametrize("depth", [2000, 30000])
+def test_deeply_nested_json_is_not_json_and_not_a_crash(depth: int) -> None:
+    # Valid JSON, far below the size limit, nested deeper than the parsers go: the stream
+    # must get a reason, not a RecursionError (which would stop the consumer on every retry).
+    raw = b'{"x": ' + b"[" * depth + b"]" * depth + b"}"
+    assert len(raw) < MAX_MESSAGE_BYTES
+    failure = rejection(raw)
+    assert failure.reason == "not_json"
+    assert "recursion" in failure.detail
+
+
 def test_reason_codes_are_the_documented_ones() -> None:
     assert {reason.value for reason in Reason} >= {
         "not_json",
