@@ -15,7 +15,7 @@ from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES, kafka_client_config, requir
 from clickstream.pipeline import DeadLetter
 from clickstream.settings import Settings
 
-__all__ = ["FALLBACK_VALUE_BYTES", "KafkaDeadLetterSink"]
+__all__ = ["FALLBACK_VALUE_BYTES", "MAX_KEY_BYTES", "KafkaDeadLetterSink", "fit"]
 
 FALLBACK_VALUE_BYTES: Final = 900_000
 """Only when a dead-letter topic made elsewhere refuses a letter as too large: the value is
@@ -24,6 +24,9 @@ headers ``truncated`` and ``original_size`` say so."""
 _FLOOR: Final = 1024  # refused even this small: the topic is misconfigured, stop loudly
 
 _HEADROOM: Final = 64 * 1024  # the dead-letter headers and the record's own framing
+MAX_KEY_BYTES: Final = 64 * 1024
+"""A dead letter keeps at most this much of the original key (keys are user ids, and only a
+topic configured for huge messages lets a larger one through)."""
 
 _TERMINAL_CODES: Final = frozenset(
     {
@@ -147,9 +150,7 @@ class KafkaDeadLetterSink:
         return _truncate(letter, cut)
 
     def _produce(self, letter: DeadLetter) -> None:
-        room = DLQ_MAX_MESSAGE_BYTES - _HEADROOM - len(letter.key or b"")
-        if letter.value is not None and len(letter.value) > room:
-            letter = _truncate(letter, max(room, 0))  # beyond what any Kafka topic here takes
+        letter = fit(letter)
         kwargs: dict[str, Any] = {
             "key": letter.key,
             "value": letter.value,
@@ -164,6 +165,11 @@ class KafkaDeadLetterSink:
                 self._producer.poll(0.1)
             except KafkaException as exc:
                 msg = f"cannot produce a dead letter to {self._topic}: {exc}"
+                error = exc.args[0] if exc.args else None
+                if isinstance(error, KafkaError) and (
+                    error.fatal() or error.code() in _TERMINAL_CODES
+                ):
+                    raise DeliveryError(msg) from exc  # retrying the batch cannot fix it
                 raise TransientError(msg) from exc
 
     def require_topic(self, timeout: float = 15.0) -> None:
@@ -184,6 +190,27 @@ class KafkaDeadLetterSink:
     def close(self) -> None:
         """Flush what is pending."""
         self._producer.flush(self._flush_timeout)
+
+
+def fit(letter: DeadLetter) -> DeadLetter:
+    """``letter`` cut to what one dead-letter message holds, with headers saying what was cut.
+
+    A key longer than :data:`MAX_KEY_BYTES` keeps its first bytes (``key_truncated``,
+    ``original_key_size``); then the value keeps what fits beside the key and the headers
+    (``truncated``, ``original_size``). Letters that fit are returned unchanged.
+    """
+    key = letter.key
+    if key is not None and len(key) > MAX_KEY_BYTES:
+        extra = (
+            *letter.extra_headers,
+            ("key_truncated", b"true"),
+            ("original_key_size", str(len(key)).encode()),
+        )
+        letter = dataclasses.replace(letter, key=key[:MAX_KEY_BYTES], extra_headers=extra)
+    room = DLQ_MAX_MESSAGE_BYTES - _HEADROOM - len(letter.key or b"")
+    if letter.value is not None and len(letter.value) > room:
+        letter = _truncate(letter, room)
+    return letter
 
 
 def _truncate(letter: DeadLetter, size: int) -> DeadLetter:

@@ -376,8 +376,10 @@ def _not_json_detail(raw: bytes, parser_message: str) -> str:
         return f"the message is not UTF-8: {exc.reason} at byte {exc.start}"
     except json.JSONDecodeError as exc:
         return f"the message is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-    except RecursionError:  # nested deeper than Python's parser goes, as pydantic's refused it
-        return f"the message is not valid JSON text: {parser_message}"
+    except (ValueError, RecursionError):
+        # Limits of Python's parser too, which pydantic's parser also refused: nesting deeper
+        # than the recursion limit, an integer of more than 4,300 digits. Its own words follow.
+        pass
     return f"the message is not valid JSON text: {parser_message}"
 
 

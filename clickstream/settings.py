@@ -76,14 +76,25 @@ class Settings(BaseSettings):
     dashboards_url: SecretStr = Field(
         default=SecretStr(""), description="OpenSearch Dashboards URL (for the import command)."
     )
+    # Upper bounds keep every time computed from these (now + tolerance, an event's time +/- the
+    # gap or the length) far inside what a datetime holds, for any event that passes validation.
     session_gap_seconds: int = Field(
-        default=1800, gt=0, description="Inactivity gap that ends a session (seconds)."
+        default=1800,
+        gt=0,
+        le=86400,
+        description="Inactivity gap that ends a session (seconds, at most a day).",
     )
     session_max_seconds: int = Field(
-        default=86400, gt=0, description="Maximum session length from its first event (seconds)."
+        default=86400,
+        gt=0,
+        le=7 * 86400,
+        description="Maximum session length from its first event (seconds, at most 7 days).",
     )
     future_tolerance_seconds: int = Field(
-        default=300, ge=0, description="How far in the future occurred_at may lie (seconds)."
+        default=300,
+        ge=0,
+        le=86400,
+        description="How far in the future occurred_at may lie (seconds, at most a day).",
     )
 
     @field_validator("kafka_bootstrap_servers")

@@ -194,6 +194,7 @@ BAD_INPUT: list[tuple[bytes | None, str, str]] = [
     (b'"just a string"', "not_json", "object"),
     (None, "not_json", "tombstone"),
     (b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "not_json", "recursion"),
+    (b'{"x": 1' + b"0" * 4300 + b"}", "not_json", "number"),
     (b'{"padding": "' + b"x" * (64 * 1024) + b'"}', "too_large", "65536"),
     (_bad(1, occurred_at="2099-01-01T00:00:00Z"), "future_timestamp", "occurred_at"),
     (_bad(2, event_id=...), "schema", "event_id"),

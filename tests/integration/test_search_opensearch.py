@@ -163,6 +163,23 @@ def test_mapping_rejections_are_returned_and_the_rest_is_indexed(
     assert "event_count" in rejected[0].detail
 
 
+def test_valid_events_with_huge_free_text_values_are_indexed(
+    client: OpenSearch, prefix: str
+) -> None:
+    # Each value passes the contract (the message stays under 64 KiB) but is longer than one
+    # Lucene term: without ignore_above OpenSearch refuses the document, and an event already
+    # stored in PostgreSQL would be dead-lettered as rejected_by_sink.
+    huge = "x" * 40_000
+    events = [
+        _event(f"e-{name}", "2024-05-01T09:00:00+00:00", **{name: huge})
+        for name in ("session_id", "referrer_url", "utm_campaign", "city", "search_query")
+    ]
+    assert SearchSink(client, prefix).index_events(events) == []
+    assert _ids(client, f"{prefix}-events") == {event["event_id"] for event in events}
+    stored = client.get(index=f"{prefix}-events-2024.05.01", id="e-session_id")["_source"]
+    assert stored["session_id"] == huge  # kept in the document, only not a search term
+
+
 def test_session_upsert_replace_and_delete(client: OpenSearch, prefix: str) -> None:
     sink = SearchSink(client, prefix)
     alias = f"{prefix}-sessions"

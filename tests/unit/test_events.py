@@ -622,6 +622,20 @@ def test_not_json_details_say_why() -> None:
     assert "not an object" in rejection(b"[1, 2]").detail
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"x": 1' + b"0" * 4300 + b"}",  # one digit past Python's int conversion limit
+        b"1" * 5000,
+        b'{"x": [' + b"9" * 6000 + b"]}",
+    ],
+)
+def test_integers_too_long_to_convert_are_not_json_and_not_a_crash(raw: bytes) -> None:
+    failure = rejection(raw)
+    assert failure.reason == "not_json"
+    assert "number" in failure.detail
+
+
 @pytest.mark.parametrize("depth", [2000, 30000])
 def test_deeply_nested_json_is_not_json_and_not_a_crash(depth: int) -> None:
     # Valid JSON, far below the size limit, nested deeper than the parsers go: the stream

@@ -97,6 +97,26 @@ def test_events_mapping_covers_every_column_with_fitting_types() -> None:
     assert {name for name, kind in types.items() if kind == "keyword"} == keywords
 
 
+# Keyword values the contract or the consumer already bounds well below Lucene's 32,766-byte
+# term limit: UUIDs, enums, ISO codes, user_id (at most 128 characters), the session
+# builder's own values. Any other keyword must ignore long values instead of refusing the
+# whole document (which would dead-letter an event already stored in PostgreSQL).
+_BOUNDED_KEYWORDS = {
+    "events": {"event_id", "event_type", "user_id", "page_type", "device_type", "country"}
+    | {"currency"},
+    "sessions": {"session_id", "user_id", "device_type", "country"},
+}
+
+
+@pytest.mark.parametrize("kind", ["events", "sessions"])
+def test_free_text_keywords_ignore_values_too_long_to_index(kind: indices.DocumentKind) -> None:
+    for name, spec in indices.mapping_properties(kind).items():
+        if spec["type"] != "keyword" or name in _BOUNDED_KEYWORDS[kind]:
+            continue
+        # ignore_above counts characters; a character is at most 4 bytes of UTF-8.
+        assert 0 < spec.get("ignore_above", 10**9) * 4 < 32766, (kind, name)
+
+
 def test_sessions_mapping_covers_every_column_with_fitting_types() -> None:
     properties = indices.mapping_properties("sessions")
     assert set(properties) == SESSION_COLUMNS | {"location", "funnel_step", "updated_at"}
