@@ -5,7 +5,7 @@ Exactly-once effect under redelivery comes from three rules applied inside one t
 * ``events`` insert with ``ON CONFLICT DO NOTHING ... RETURNING``: only the first stored copy of
   an ``event_id`` counts, and the statement tells which events are new;
 * ``traffic_minute`` adds the measures of the *new* events only, so its totals always equal the
-  same aggregates over ``events``;
+  same aggregates over ``events`` (``revenue``: of ``purchase`` events, as for sessions);
 * ``sessions`` rows are recomputed from events (never blindly incremented) for the runs of
   activity that the new events touch (see :mod:`clickstream.sessions`); rows of superseded
   sessions are deleted.

@@ -232,7 +232,8 @@ class TrafficMinuteRow(Base):
     """Additive per-minute measures (table ``traffic_minute``), by UTC minute of ``occurred_at``.
 
     ``country`` is ``''`` when unknown, so it can be part of the primary key. Totals equal the
-    same aggregates over ``events``.
+    same aggregates over ``events``; ``revenue`` is that of ``purchase`` events only, as for
+    sessions (revenue on another kind of event is stored with it but is not revenue earned).
     """
 
     __tablename__ = "traffic_minute"

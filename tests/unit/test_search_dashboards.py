@@ -259,6 +259,11 @@ def test_required_panels_are_there() -> None:
     assert ("terms", "country") in agg_fields  # top countries
     assert {("terms", "device_type"), ("terms", "os"), ("terms", "browser")} <= agg_fields
     assert ("terms", "conversion_path") in agg_fields
+    # An "Other" row beside the top paths: the percentage column is then each path's share of
+    # all converted sessions, as analytics.conversion_paths reports it, not of the listed ones.
+    paths = states["clickstream-conversion-paths"]
+    assert paths["params"]["percentageCol"] == "Sessions"
+    assert [agg["params"].get("otherBucket") for agg in paths["aggs"]] == [None, True]
     assert ("terms", "traffic_source") in agg_fields
     assert ("avg", "duration_seconds") in agg_fields
     assert ("date_histogram", "occurred_at") in agg_fields
