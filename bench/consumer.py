@@ -1350,13 +1350,19 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--bootstrap-servers", default="127.0.0.1:19092", help="Kafka")
+    parser.add_argument(
+        "--bootstrap-servers", default="127.0.0.1:19092", help="Kafka (default: the local stack's)"
+    )
     parser.add_argument(
         "--postgres-admin-url",
         default=DEFAULT_POSTGRES,
         help="SQLAlchemy URL of a role that may CREATE DATABASE (default: the local stack's)",
     )
-    parser.add_argument("--opensearch-url", default="http://127.0.0.1:19200", help="OpenSearch")
+    parser.add_argument(
+        "--opensearch-url",
+        default="http://127.0.0.1:19200",
+        help="OpenSearch (default: the local stack's)",
+    )
     sinks = parser.add_mutually_exclusive_group()
     sinks.add_argument(
         "--with-opensearch",
@@ -1404,7 +1410,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also run each pipeline as N consumer processes in one group, the way a deployment"
         " uses more cores (default 2; 1 to skip)",
     )
-    parser.add_argument("--seed", type=int, default=42, help="simulator seed")
+    parser.add_argument("--seed", type=int, default=42, help="simulator seed (default 42)")
     parser.add_argument(
         "--throughput",
         action=argparse.BooleanOptionalAction,
@@ -1412,8 +1418,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run the throughput scenarios and baselines (default on)",
     )
     parser.add_argument("--latency", action="store_true", help="run the latency scenario")
-    parser.add_argument("--latency-rate", type=float, default=5000.0, help="offered events/s")
-    parser.add_argument("--latency-seconds", type=float, default=60.0, help="offering time")
+    parser.add_argument(
+        "--latency-rate", type=float, default=5000.0, help="offered events/s (default 5000)"
+    )
+    parser.add_argument(
+        "--latency-seconds", type=float, default=60.0, help="seconds of offering (default 60)"
+    )
     parser.add_argument(
         "--latency-processes",
         type=int,
@@ -1431,7 +1441,12 @@ def _parser() -> argparse.ArgumentParser:
         help="soak events/s, well below capacity so that backlogs do not blur the memory figure"
         " (default 500)",
     )
-    parser.add_argument("--sample-seconds", type=float, default=10.0, help="soak RSS interval")
+    parser.add_argument(
+        "--sample-seconds",
+        type=float,
+        default=10.0,
+        help="seconds between the soak's RSS samples (default 10)",
+    )
     parser.add_argument("--profile", metavar="FILE", help="add a cProfile'd run; write pstats")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")

@@ -216,12 +216,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="Examples:\n  python -m bench.producer\n  python -m bench.producer --soak 2",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--bootstrap-servers", default="127.0.0.1:19092")
-    parser.add_argument("--events", type=int, default=300_000, help="events per Kafka run")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per stage; best is kept")
-    parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--soak", type=float, metavar="MINUTES", help="soak test instead")
-    parser.add_argument("--sample-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--bootstrap-servers",
+        default="127.0.0.1:19092",
+        help="Kafka (default: the local stack's, 127.0.0.1:19092)",
+    )
+    parser.add_argument(
+        "--events", type=int, default=300_000, help="events per Kafka run (default 300000)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per stage; the best is kept (default 3)"
+    )
+    parser.add_argument(
+        "--partitions", type=int, default=6, help="partitions of the benchmark topic (default 6)"
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        metavar="MINUTES",
+        help="produce for MINUTES and sample memory instead",
+    )
+    parser.add_argument(
+        "--sample-seconds",
+        type=float,
+        default=10.0,
+        help="interval of the soak's resident-memory samples (default 10)",
+    )
     args = parser.parse_args(argv)
 
     settings = Settings(kafka_bootstrap_servers=args.bootstrap_servers)

@@ -182,9 +182,10 @@ def _banner(settings: Settings, database: Path, url: str, options: DemoOptions) 
         ("Consumer", "clickstream.consume.run in a thread", "python -m clickstream.consume"),
         ("Dashboard", url, "python -m clickstream.dashboard"),
     ]  # fmt: skip
+    width = max(len(here) for _name, here, _there in rows)  # a temporary path can be long
     lines = ["", "clickstream demo: the whole pipeline in this process", ""]
-    lines.append(f"  {'':<10} {'embedded here':<52} production")
-    lines.extend(f"  {name:<10} {here:<52} {there}" for name, here, there in rows)
+    lines.append(f"  {'':<10} {'embedded here':<{width}}  production")
+    lines.extend(f"  {name:<10} {here:<{width}}  {there}" for name, here, there in rows)
     stop = (
         f"Stops by itself after {options.duration:g} s, or press Ctrl-C."
         if options.duration

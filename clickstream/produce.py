@@ -129,8 +129,10 @@ def _parser() -> argparse.ArgumentParser:
             "  python -m clickstream.produce --backfill 2h --count 500000\n"
             "  python -m clickstream.produce --stdout --count 5 --seed 7  # NDJSON, no Kafka\n"
             "\n"
-            "Connection settings come from the CLICKSTREAM_* environment variables (TLS\n"
-            "material only from there); flags override them.\n"
+            "Connection settings come from the Pulumi stack outputs when\n"
+            "CLICKSTREAM_STACK_OUTPUTS or CLICKSTREAM_PULUMI_STACK is set, then from the\n"
+            "CLICKSTREAM_* environment variables (TLS material only from these two\n"
+            "sources); flags override them.\n"
             "Exit status: 0 every event delivered, 1 a delivery failed, 2 bad configuration,\n"
             "3 Kafka unreachable or the topic missing."
         ),

@@ -141,8 +141,10 @@ def _parser() -> argparse.ArgumentParser:
             "  python -m clickstream.topics\n"
             "  python -m clickstream.topics --partitions 12 --bootstrap-servers 127.0.0.1:19092\n"
             "\n"
-            "Connection settings come from the CLICKSTREAM_* environment variables;\n"
-            "flags override them. Exit status: 0 done, 2 bad configuration,\n"
+            "Connection settings come from the Pulumi stack outputs when\n"
+            "CLICKSTREAM_STACK_OUTPUTS or CLICKSTREAM_PULUMI_STACK is set, then from the\n"
+            "CLICKSTREAM_* environment variables; flags override them.\n"
+            "Exit status: 0 done, 2 bad configuration,\n"
             "3 Kafka unreachable or a topic could not be created."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -64,8 +64,8 @@ class StackConfig:
     heap: str = "512m"
     """Kafka's JVM heap (``-Xmx``)."""
     opensearch_heap: str = "2g"
-    """OpenSearch's JVM heap (``-Xms``/``-Xmx``). Bulk indexing on a warm node measured 45–57 µs
-    of node CPU per document with 2 GB against 58–68 µs with 512 MB (docs/benchmarks.md)."""
+    """OpenSearch's JVM heap (``-Xms``/``-Xmx``). Bulk indexing on a warm node measured 45-57 µs
+    of node CPU per document with 2 GB against 58-68 µs with 512 MB (docs/benchmarks.md)."""
     java: str = "java"
 
     @property

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs, only when they are missing.
-# PostgreSQL runs the database tests; Chromium runs the dashboard's browser tests.
+# PostgreSQL runs the database tests; Chromium runs the dashboard's browser tests; a JDK and
+# Maven assemble and start Kafka and OpenSearch.
 set -euo pipefail
 need=()
 command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
-command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
+# A JDK, not only a JRE: the local stack compiles its small OpenSearch launcher with javac.
+command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

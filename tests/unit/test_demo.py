@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from clickstream.demo import main
+from clickstream.demo import DemoOptions, _banner, main
+from clickstream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -82,3 +83,14 @@ def test_the_command_explains_what_is_embedded(capsys: pytest.CaptureFixture[str
     text = capsys.readouterr().out
     for words in ("mock Kafka cluster", "SQLite", "PostgreSQL", "--duration", "--backfill"):
         assert words in text
+
+
+def test_the_banner_keeps_its_columns_apart_for_a_long_database_path() -> None:
+    database = Path("/var/data") / ("clickstream-demo-" + "x" * 60) / "clickstream-demo.db"
+    settings = Settings(kafka_bootstrap_servers="127.0.0.1:9092")
+    text = _banner(settings, database, "http://127.0.0.1:8050/", DemoOptions())
+    row = next(line for line in text.splitlines() if line.strip().startswith("Database"))
+    assert row.split(f"SQLite {database}", 1)[1].startswith("  PostgreSQL (e.g.")
+    header = next(line for line in text.splitlines() if "embedded here" in line)
+    kafka = next(line for line in text.splitlines() if line.strip().startswith("Kafka"))
+    assert header.index("production") == kafka.index("Apache Kafka")  # one column
