@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import re
 import secrets
 import signal
@@ -61,6 +63,11 @@ _DURATION_RE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)", re.ASCII)
 _DURATION_UNITS: Final = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 _LIVE_RATE: Final = 50.0
 """Default events per second of live traffic."""
+_MAX_DURATION_S: Final = 3650 * 86400.0
+"""Longest backfill window: ten years back from now stays well after 1970, the earliest
+``occurred_at`` the contract accepts."""
+_MAX_DELIVERY_TIMEOUT_S: Final = 2_147_483.0
+"""librdkafka's largest ``message.timeout.ms`` (0 would mean no timeout at all)."""
 _CHECK_EVERY: Final = 512
 """Look at the clock (progress, log lines) once per this many events."""
 
@@ -80,6 +87,9 @@ def parse_duration(text: str) -> timedelta:
     if seconds <= 0:
         msg = f"the duration must be positive, got {text!r}"
         raise ValueError(msg)
+    if seconds > _MAX_DURATION_S:  # also inf, from hundreds of digits
+        msg = f"the duration must be at most {_MAX_DURATION_S // 86400:g}d, got {text!r}"
+        raise ValueError(msg)
     return timedelta(seconds=seconds)
 
 
@@ -92,10 +102,23 @@ def _duration(text: str) -> timedelta:
 
 def _non_negative(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        msg = f"must be >= 0, got {text}"
+    if not (value >= 0 and math.isfinite(value)):
+        msg = f"must be a finite number >= 0, got {text}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds in ``[low, high]`` (so finite)."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:
+            msg = f"must be between {low:g} and {high:g} seconds, got {text}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    return parse
 
 
 def _fraction(text: str) -> float:
@@ -148,7 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--rate",
         type=_non_negative,
-        help="events per second; 0 = as fast as possible (default: 50 live, 0 with --backfill)",
+        help="events per second; 0 = as fast as possible (default: 50 live, 0 with --backfill). "
+        "Live, this is the steady rate: traffic builds up over the first minutes, as visitors "
+        "arrive and their sessions get under way",
     )
     what.add_argument(
         "--backfill",
@@ -213,13 +238,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     tuning.add_argument(
         "--connect-timeout",
-        type=float,
+        type=_seconds(0.1, 3600.0),
         default=10.0,
         help="seconds to wait for the broker at start before giving up (default: %(default)s)",
     )
     tuning.add_argument(
         "--delivery-timeout",
-        type=float,
+        type=_seconds(0.001, _MAX_DELIVERY_TIMEOUT_S),
         default=defaults.delivery_timeout_s,
         help="seconds a message may wait for acknowledgement, retries included "
         "(default: %(default)s)",
@@ -234,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     output.add_argument(
         "--log-interval",
-        type=float,
+        type=_seconds(0.1, 86400.0),
         default=10.0,
         help="seconds between progress log lines (default: %(default)s)",
     )
@@ -431,6 +456,13 @@ class _KafkaSink:
             raise DeliveryError(self._producer.fatal_error)
 
     def finish(self) -> None:
+        waiting = self._producer.in_flight
+        if waiting:
+            logger.info(
+                "waiting up to %.0f s for %d delivery report(s) (Ctrl-C twice: exit at once)",
+                self._flush_timeout,
+                waiting,
+            )
         self._producer.flush(timeout=self._flush_timeout)
 
 
@@ -596,14 +628,20 @@ def _main(
 
     by_event_time = args.backfill is None and args.rate > 0
     if args.stdout:
-        result = _run(
-            messages,
-            _StdoutSink(),
-            pace_by_event_time=by_event_time,
-            rate=args.rate,
-            stop=stop,
-            reporter=reporter(),
-        )
+        try:
+            result = _run(
+                messages,
+                _StdoutSink(),
+                pace_by_event_time=by_event_time,
+                rate=args.rate,
+                stop=stop,
+                reporter=reporter(),
+            )
+        except BrokenPipeError:
+            # The reader went away (`| head`): done, as other filters are. Python would try
+            # to flush stdout again at exit; point it at /dev/null first.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return ExitCode.OK
         logger.info("wrote %d events (seed %d)", result.sent, seed)
         return ExitCode.OK
     try:
@@ -622,6 +660,7 @@ def _main(
         logger.error("%s", exc)
         return ExitCode.BAD_CONFIGURATION
     where = f"{settings.topic} at {settings.kafka_bootstrap_servers}"
+    stop.on_stop(producer.cancel)
     try:
         partitions = producer.check_connection(timeout=args.connect_timeout)
     except TransientError as exc:
@@ -640,7 +679,6 @@ def _main(
         f"{args.rate:g} events/s" if args.rate > 0 else "as fast as possible",
         seed,
     )
-    stop.on_stop(producer.cancel)
     sink = _KafkaSink(producer, flush_timeout=args.delivery_timeout + 5.0)
     try:
         result = _run(

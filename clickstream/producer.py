@@ -32,6 +32,8 @@ _MAX_LOGGED_FAILURES: Final = 5
 """Log the first few failed deliveries one by one; later ones are only counted."""
 _REPEAT_WARNING_S: Final = 10.0
 """librdkafka repeats connection errors while it retries; log each text at most this often."""
+_WAIT_SLICE_S: Final = 0.5
+"""Longest single wait inside librdkafka: signal handlers run only between two such calls."""
 POLL_EVERY: Final = 256
 """Serve callbacks (failed deliveries, client errors) once per this many messages sent."""
 
@@ -160,11 +162,20 @@ class EventProducer:
             TransientError: no broker answered within ``timeout`` seconds.
             ConfigError: the topic does not exist (or this client may not describe it).
         """
-        try:
-            metadata = self._producer.list_topics(timeout=timeout)
-        except KafkaException as exc:
-            msg = f"no Kafka broker answered within {timeout:g} s: {exc.args[0]}"
-            raise TransientError(msg) from exc
+        deadline = time.monotonic() + timeout
+        while True:  # in short slices, so that Ctrl-C (cancel) is heard while waiting
+            try:
+                metadata = self._producer.list_topics(
+                    timeout=min(max(deadline - time.monotonic(), 0.001), _WAIT_SLICE_S)
+                )
+                break
+            except KafkaException as exc:
+                if self._cancelled:
+                    msg = "stopped while waiting for a Kafka broker to answer"
+                    raise TransientError(msg) from exc
+                if time.monotonic() >= deadline:
+                    msg = f"no Kafka broker answered within {timeout:g} s: {exc.args[0]}"
+                    raise TransientError(msg) from exc
         found = metadata.topics.get(self.topic)
         if found is None or found.error is not None:
             reason = "it does not exist" if found is None else str(found.error)
@@ -257,9 +268,12 @@ class EventProducer:
         Returns the number purged.
         """
         deadline = time.monotonic() + timeout
-        remaining = self._producer.flush(timeout)
+        # In short slices: a signal handler (a second Ctrl-C) only runs between two calls.
+        remaining = self._producer.flush(min(timeout, _WAIT_SLICE_S))
         while remaining and time.monotonic() < deadline:
-            remaining = self._producer.flush(max(deadline - time.monotonic(), 0.0))
+            remaining = self._producer.flush(
+                min(max(deadline - time.monotonic(), 0.0), _WAIT_SLICE_S)
+            )
         if remaining:
             logger.warning(
                 "%d message(s) to %s still undelivered after %.1f s: purging them",
@@ -278,13 +292,11 @@ class EventProducer:
         name = error.name()
         self._errors[name] = self._errors.get(name, 0) + 1
         if self._failed <= _MAX_LOGGED_FAILURES:
-            logger.error(
-                "delivery to %s[%s] failed (key %r): %s",
-                message.topic(),
-                message.partition(),
-                message.key(),
-                error.str(),
-            )
+            partition = message.partition()
+            where = message.topic() or self.topic
+            if partition is not None and partition >= 0:  # none yet when it never got that far
+                where = f"{where}[{partition}]"
+            logger.error("delivery to %s failed (key %r): %s", where, message.key(), error.str())
             if self._failed == _MAX_LOGGED_FAILURES:
                 logger.error("further delivery failures are counted, not logged")
 

@@ -9,10 +9,11 @@ Library code receives a :class:`Settings` object and never reads the environment
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +25,8 @@ from clickstream.errors import ConfigError
 __all__ = ["ENV_PREFIX", "Role", "Settings", "load_settings"]
 
 ENV_PREFIX = "CLICKSTREAM_"
+
+_TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}", re.ASCII)
 
 Role = Literal["producer", "consumer", "admin"]
 """Which stack-output credentials to use: each Kafka client has its own least-privilege user."""
@@ -56,7 +59,9 @@ class Settings(BaseSettings):
     dlq_topic: str = Field(
         default="clickstream.events.dlq", description="Dead-letter topic for invalid input."
     )
-    consumer_group: str = Field(default="clickstream-consumer", description="Consumer group id.")
+    consumer_group: str = Field(
+        default="clickstream-consumer", min_length=1, description="Consumer group id."
+    )
     database_url: SecretStr = Field(
         default=SecretStr("sqlite:///clickstream.db"),
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host:5432/db.",
@@ -107,6 +112,29 @@ class Settings(BaseSettings):
                 raise ValueError(msg)
         return value
 
+    @field_validator("topic", "dlq_topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        # Kafka's own rule for topic names, checked before anything is created or sent.
+        if not _TOPIC_RE.fullmatch(value) or value in {".", ".."}:
+            msg = (
+                "expected a Kafka topic name: 1 to 249 of the characters a-z, A-Z, 0-9, "
+                f"'.', '_' and '-', got {value!r}"
+            )
+            raise ValueError(msg)
+        return value
+
+    @model_validator(mode="after")
+    def _check_distinct_topics(self) -> Settings:
+        if self.topic == self.dlq_topic:
+            # Dead letters written to the events topic would be read and refused again, forever.
+            msg = (
+                f"{ENV_PREFIX}DLQ_TOPIC must differ from {ENV_PREFIX}TOPIC "
+                f"(both are {self.topic!r})"
+            )
+            raise ValueError(msg)
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: SecretStr) -> SecretStr:
@@ -138,8 +166,9 @@ class Settings(BaseSettings):
 def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        name = ".".join(str(part) for part in item["loc"]) or "?"
-        lines.append(f"{ENV_PREFIX}{name.upper()}: {item['msg']}")
+        name = ".".join(str(part) for part in item["loc"])
+        # A rule across fields names its variables itself.
+        lines.append(f"{ENV_PREFIX}{name.upper()}: {item['msg']}" if name else item["msg"])
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 
@@ -127,12 +131,88 @@ def test_backfill_needs_a_positive_count(capsys: pytest.CaptureFixture[str]) -> 
         ["--conversion-rate", "1.5"],
         ["--backfill", "yesterday"],
         ["--compression", "brotli"],
+        # Values that used to end in a traceback further in (math domain error, overflow):
+        ["--rate", "inf"],
+        ["--rate", "1e400"],
+        ["--backfill", "800000d", "--count", "10"],
+        ["--backfill", "9" * 400 + "d", "--count", "10"],
+        ["--delivery-timeout", "inf"],
+        ["--delivery-timeout", "1e-6"],  # would become message.timeout.ms=0: no timeout at all
+        ["--connect-timeout", "0"],
+        ["--connect-timeout", "nan"],
+        ["--log-interval", "0"],
+        ["--log-interval", "-5"],
     ],
 )
-def test_bad_arguments_exit_with_2(argv: list[str]) -> None:
+def test_bad_arguments_exit_with_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        produce.main(argv)
+        produce.main([*argv, "--stdout"])
     assert exit_info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_longest_backfill_window_is_ten_years() -> None:
+    assert produce.parse_duration("3650d") == timedelta(days=3650)
+    with pytest.raises(ValueError, match="at most 3650d"):
+        produce.parse_duration("3651d")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("CLICKSTREAM_TOPIC", "", "CLICKSTREAM_TOPIC: "),
+        ("CLICKSTREAM_TOPIC", "bad/name", "Kafka topic name"),
+        ("CLICKSTREAM_DLQ_TOPIC", "clickstream.events", "must differ from CLICKSTREAM_TOPIC"),
+    ],
+)
+def test_topic_settings_are_checked_before_connecting(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    value: str,
+    words: str,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    # Nothing listens on port 9: had the settings passed, this would be exit 3 instead.
+    argv = ["--bootstrap-servers", "127.0.0.1:9", "--connect-timeout", "1"]
+    assert produce.main(argv) == produce.ExitCode.BAD_CONFIGURATION
+    assert words in capsys.readouterr().err
+
+
+def test_stdout_into_a_reader_that_stops_early_exits_0() -> None:
+    # `produce --stdout | head -1`: the reader closes the pipe; that ends the run, quietly.
+    command = [sys.executable, "-m", "clickstream.produce", "--stdout", "--count", "200000"]
+    command += ["--rate", "0", "--seed", "1"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        assert process.stdout is not None and process.stderr is not None
+        first = process.stdout.readline()
+        process.stdout.close()
+        try:
+            errors = process.stderr.read()
+            status = process.wait(timeout=120)
+        finally:
+            process.kill()
+    assert json.loads(first)["event_id"]
+    assert status == 0, errors
+    assert b"BrokenPipeError" not in errors and b"Traceback" not in errors
+
+
+def test_ctrl_c_is_heard_while_waiting_for_a_broker() -> None:
+    # Nothing listens on port 9. With a ten-minute connect timeout, only the signal ends the
+    # wait; before, the single long list_topics() call held it until the timeout.
+    command = [sys.executable, "-m", "clickstream.produce", "--bootstrap-servers"]
+    command += ["127.0.0.1:9", "--connect-timeout", "600", "--progress", "log"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
+        assert process.stderr is not None
+        time.sleep(2)
+        process.send_signal(signal.SIGINT)
+        try:
+            status = process.wait(timeout=60)
+        finally:
+            process.kill()  # not heard: do not wait out the ten minutes
+        errors = process.stderr.read()
+    assert status == produce.ExitCode.KAFKA_UNAVAILABLE, errors
+    assert "stopped while waiting for a Kafka broker" in errors
 
 
 def test_malformed_bootstrap_servers_is_a_configuration_error() -> None:

@@ -32,3 +32,28 @@ def test_defaults_are_the_contract_s() -> None:
     settings = load_settings(environ={})
     assert settings.future_tolerance_seconds == 300
     assert (settings.session_gap_seconds, settings.session_max_seconds) == (1800, 86400)
+
+
+@pytest.mark.parametrize(
+    ("environ", "words"),
+    [
+        ({"CLICKSTREAM_TOPIC": ""}, "CLICKSTREAM_TOPIC: "),
+        ({"CLICKSTREAM_TOPIC": "bad/name"}, "Kafka topic name"),
+        ({"CLICKSTREAM_DLQ_TOPIC": "x" * 250}, "CLICKSTREAM_DLQ_TOPIC: "),
+        ({"CLICKSTREAM_DLQ_TOPIC": ".."}, "CLICKSTREAM_DLQ_TOPIC: "),
+        ({"CLICKSTREAM_CONSUMER_GROUP": ""}, "CLICKSTREAM_CONSUMER_GROUP: "),
+        # Dead letters written to the events topic would be consumed and refused again forever.
+        (
+            {"CLICKSTREAM_TOPIC": "same", "CLICKSTREAM_DLQ_TOPIC": "same"},
+            "CLICKSTREAM_DLQ_TOPIC must differ from CLICKSTREAM_TOPIC",
+        ),
+    ],
+)
+def test_topic_names_are_kafka_s_and_distinct(environ: dict[str, str], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_settings(environ=environ)
+
+
+def test_every_character_kafka_allows_in_a_topic_name_is_accepted() -> None:
+    name = "Events_2024-v1." + "x" * 234  # 249 characters
+    assert load_settings(environ={"CLICKSTREAM_TOPIC": name}).topic == name
