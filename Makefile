@@ -22,7 +22,7 @@ install: $(STAMP) ## Create .venv and install the package with its dev extras
 demo: install ## Run the embedded demo (no servers, no cloud account): producer, consumer, dashboard
 	$(PY) -m clickstream.demo
 
-system-deps: ## Install the Debian packages the tests need (PostgreSQL, Chromium), if missing
+system-deps: ## Install the Debian packages the tests need (PostgreSQL, Chromium, a JDK, Maven), if missing
 	@bash scripts/system-deps.sh
 
 stack-up: install ## Start the local stack (Kafka, PostgreSQL, OpenSearch); idempotent
@@ -31,7 +31,7 @@ stack-up: install ## Start the local stack (Kafka, PostgreSQL, OpenSearch); idem
 stack-down: install ## Stop the local stack
 	$(PY) -m devstack down
 
-test: install system-deps ## Start the local stack, run every test (unit + integration), stop the stack
+test: install system-deps ## Start the local stack, run every test (unit, integration, browser, Pulumi mocks), stop the stack
 	@$(PY) -m devstack up
 	@CLICKSTREAM_REQUIRE_SERVICES=1 $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	  $(PY) -m devstack down; exit $$status

@@ -114,10 +114,11 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = float(text)
         if not low <= value <= high:
-            msg = f"must be between {low:g} and {high:g} seconds, got {text}"
+            msg = f"must be between {low:g} and {high:,.0f} seconds, got {text}"
             raise argparse.ArgumentTypeError(msg)
         return value
 
+    parse.__name__ = "float"  # argparse names the type in "invalid float value: 'abc'"
     return parse
 
 
@@ -289,6 +290,8 @@ class _StopFlag:
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         self._on_stop.append(callback)
+        if self.requested:  # the signal came first: do not wait for a second one
+            callback()
 
     def __call__(self, signum: int, _frame: FrameType | None) -> None:
         # Runs between two bytecodes of the main thread: set flags only (no logging, which
@@ -661,9 +664,18 @@ def _main(
         return ExitCode.BAD_CONFIGURATION
     where = f"{settings.topic} at {settings.kafka_bootstrap_servers}"
     stop.on_stop(producer.cancel)
+    logger.info("connecting to Kafka (%s), waiting up to %g s", where, args.connect_timeout)
     try:
         partitions = producer.check_connection(timeout=args.connect_timeout)
     except TransientError as exc:
+        if stop.requested:  # stopped before anything was sent: nothing failed
+            _summary(
+                RunResult(0, 0, 0, 0.0, interrupted=True, stopped_by=stop.signal_name),
+                where=where,
+                seed=seed,
+                errors={},
+            )
+            return ExitCode.OK
         logger.error("cannot reach Kafka (%s): %s", where, exc)
         return ExitCode.KAFKA_UNAVAILABLE
     except ConfigError as exc:

@@ -129,8 +129,8 @@ class Settings(BaseSettings):
         if self.topic == self.dlq_topic:
             # Dead letters written to the events topic would be read and refused again, forever.
             msg = (
-                f"{ENV_PREFIX}DLQ_TOPIC must differ from {ENV_PREFIX}TOPIC "
-                f"(both are {self.topic!r})"
+                f"the dead-letter topic ({ENV_PREFIX}DLQ_TOPIC, --dlq-topic) must differ from "
+                f"the events topic ({ENV_PREFIX}TOPIC, --topic); both are {self.topic!r}"
             )
             raise ValueError(msg)
         return self
@@ -167,8 +167,9 @@ def _describe(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         name = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
         # A rule across fields names its variables itself.
-        lines.append(f"{ENV_PREFIX}{name.upper()}: {item['msg']}" if name else item["msg"])
+        lines.append(f"{ENV_PREFIX}{name.upper()}: {message}" if name else message)
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 

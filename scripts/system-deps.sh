@@ -7,7 +7,11 @@ need=()
 command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # A JDK, not only a JRE: the local stack compiles its small OpenSearch launcher with javac.
-command -v javac >/dev/null 2>&1 || need+=(openjdk-17-jdk-headless)
+# The local stack runs the javac next to the `java` it finds first.
+java_bin="$(command -v java 2>/dev/null || true)"
+if [ -z "$java_bin" ] || [ ! -x "$(dirname "$(readlink -f "$java_bin")")/javac" ]; then
+  need+=(openjdk-17-jdk-headless)
+fi
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

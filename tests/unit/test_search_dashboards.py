@@ -264,6 +264,7 @@ def test_required_panels_are_there() -> None:
     paths = states["clickstream-conversion-paths"]
     assert paths["params"]["percentageCol"] == "Sessions"
     assert [agg["params"].get("otherBucket") for agg in paths["aggs"]] == [None, True]
+    assert paths["params"]["perPage"] > paths["aggs"][1]["params"]["size"]  # Other on page 1
     assert ("terms", "traffic_source") in agg_fields
     assert ("avg", "duration_seconds") in agg_fields
     assert ("date_histogram", "occurred_at") in agg_fields

@@ -45,7 +45,7 @@ def test_defaults_are_the_contract_s() -> None:
         # Dead letters written to the events topic would be consumed and refused again forever.
         (
             {"CLICKSTREAM_TOPIC": "same", "CLICKSTREAM_DLQ_TOPIC": "same"},
-            "CLICKSTREAM_DLQ_TOPIC must differ from CLICKSTREAM_TOPIC",
+            "must differ from the events topic",
         ),
     ],
 )
