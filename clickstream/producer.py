@@ -38,6 +38,11 @@ POLL_EVERY: Final = 256
 """Serve callbacks (failed deliveries, client errors) once per this many messages sent."""
 
 
+def _slice(deadline: float) -> float:
+    """The next wait towards ``deadline`` (a ``time.monotonic()`` value): at most one slice."""
+    return min(max(deadline - time.monotonic(), 0.0), _WAIT_SLICE_S)
+
+
 @dataclass(frozen=True)
 class ProducerTuning:
     """Throughput and durability knobs of the producer (librdkafka names in brackets)."""
@@ -165,9 +170,7 @@ class EventProducer:
         deadline = time.monotonic() + timeout
         while True:  # in short slices, so that Ctrl-C (cancel) is heard while waiting
             try:
-                metadata = self._producer.list_topics(
-                    timeout=min(max(deadline - time.monotonic(), 0.001), _WAIT_SLICE_S)
-                )
+                metadata = self._producer.list_topics(timeout=max(_slice(deadline), 0.001))
                 break
             except KafkaException as exc:
                 if self._cancelled:
@@ -269,11 +272,9 @@ class EventProducer:
         """
         deadline = time.monotonic() + timeout
         # In short slices: a signal handler (a second Ctrl-C) only runs between two calls.
-        remaining = self._producer.flush(min(timeout, _WAIT_SLICE_S))
+        remaining = self._producer.flush(_slice(deadline))
         while remaining and time.monotonic() < deadline:
-            remaining = self._producer.flush(
-                min(max(deadline - time.monotonic(), 0.0), _WAIT_SLICE_S)
-            )
+            remaining = self._producer.flush(_slice(deadline))
         if remaining:
             logger.warning(
                 "%d message(s) to %s still undelivered after %.1f s: purging them",

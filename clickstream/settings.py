@@ -22,11 +22,18 @@ from pydantic_settings import (
 
 from clickstream.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Role", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "Role", "Settings", "is_kafka_name", "load_settings"]
 
 ENV_PREFIX = "CLICKSTREAM_"
 
-_TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}", re.ASCII)
+_KAFKA_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}", re.ASCII)
+
+
+def is_kafka_name(value: str) -> bool:
+    """Whether Kafka takes ``value`` as a topic name: 1 to 249 of ``a-zA-Z0-9._-``, not ``.``
+    or ``..`` (the Pulumi program holds its topic and group names to the same rule)."""
+    return _KAFKA_NAME_RE.fullmatch(value) is not None and value not in {".", ".."}
+
 
 Role = Literal["producer", "consumer", "admin"]
 """Which stack-output credentials to use: each Kafka client has its own least-privilege user."""
@@ -116,7 +123,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_topic(cls, value: str) -> str:
         # Kafka's own rule for topic names, checked before anything is created or sent.
-        if not _TOPIC_RE.fullmatch(value) or value in {".", ".."}:
+        if not is_kafka_name(value):
             msg = (
                 "expected a Kafka topic name: 1 to 249 of the characters a-z, A-Z, 0-9, "
                 f"'.', '_' and '-', got {value!r}"

@@ -14,6 +14,7 @@ from typing import Any, Final
 import pulumi
 
 from clickstream.errors import ConfigError
+from clickstream.settings import is_kafka_name
 
 __all__ = ["InfraConfig", "load_config"]
 
@@ -22,7 +23,6 @@ _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 # Aiven project names (the project must already exist; this only catches typos early).
 _PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # Kafka topic and group names: the characters Kafka itself accepts.
-_KAFKA_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 # OpenSearch index names are lower case and cannot contain \ / * ? " < > | , # : or spaces.
 _INDEX_PREFIX = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
 # Aiven cloud names look like google-europe-west1, aws-eu-central-1, azure-germany-westcentral.
@@ -128,7 +128,7 @@ class InfraConfig:
             )
         for key in ("topic", "dlqTopic", "consumerGroup"):
             check(
-                bool(_KAFKA_NAME.match(getattr(self, _FIELD_OF_KEY[key]))),
+                is_kafka_name(getattr(self, _FIELD_OF_KEY[key])),
                 key,
                 "1-249 of the characters a-z A-Z 0-9 . _ -",
             )
