@@ -35,8 +35,9 @@ def is_kafka_name(value: str) -> bool:
     return _KAFKA_NAME_RE.fullmatch(value) is not None and value not in {".", ".."}
 
 
-Role = Literal["producer", "consumer", "admin"]
-"""Which stack-output credentials to use: each Kafka client has its own least-privilege user."""
+Role = Literal["producer", "consumer", "admin", "reader"]
+"""Which stack-output credentials to use: each Kafka client has its own least-privilege user,
+and the read side (``reader``) a database user that can only ``SELECT``."""
 
 
 class Settings(BaseSettings):
@@ -189,7 +190,8 @@ def load_settings(
     """Build the settings once, at an entry point.
 
     Args:
-        role: whose credentials to take from the stack outputs (producer, consumer, admin).
+        role: whose credentials to take from the stack outputs (producer, consumer, admin,
+            reader).
         overrides: values from CLI flags; ``None`` values are ignored.
         environ: the environment to read (defaults to ``os.environ``).
 

@@ -10,8 +10,10 @@ Which outputs each role receives (least privilege; see ``docs/deploy-aiven.md``)
   no OpenSearch.
 - ``consumer``: the consumer's client certificate (read on events, write on dead letters, read
   on its group), the PostgreSQL application user, the OpenSearch user.
-- ``admin`` (migrations, index setup, dashboards import, read side): no Kafka certificate (the
+- ``admin`` (migrations, retention, index setup, dashboards import): no Kafka certificate (the
   CA and names only), the PostgreSQL schema owner, the OpenSearch user and Dashboards.
+- ``reader`` (the read side: the analytics dashboard): no Kafka certificate, the PostgreSQL
+  reader (``SELECT`` only), no OpenSearch.
 
 The admin role has no Kafka certificate on purpose: topics are created by Pulumi through the
 Aiven API, so no Kafka client of this project ever needs ``Create``, ``Alter`` or ``Delete``.
@@ -27,7 +29,7 @@ import subprocess
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from clickstream.errors import ConfigError
 from clickstream.settings import Role
@@ -60,6 +62,8 @@ class OutputKey(StrEnum):
     """``postgres://`` URI of the application user (reads and writes rows)."""
     PG_OWNER_URI = "pg_owner_uri"
     """``postgres://`` URI of the schema owner, which runs ``alembic upgrade head``."""
+    PG_READER_URI = "pg_reader_uri"
+    """``postgres://`` URI of the read-only user of the read side (``SELECT`` only)."""
     OPENSEARCH_URI = "opensearch_uri"
     """``https://user:password@host:port`` of the user allowed on the project's indices."""
     OPENSEARCH_INDEX_PREFIX = "opensearch_index_prefix"
@@ -70,6 +74,18 @@ class OutputKey(StrEnum):
 _CLIENT_CERTS: Final[dict[Role, tuple[OutputKey, OutputKey]]] = {
     "producer": (OutputKey.KAFKA_PRODUCER_CERT, OutputKey.KAFKA_PRODUCER_KEY),
     "consumer": (OutputKey.KAFKA_CONSUMER_CERT, OutputKey.KAFKA_CONSUMER_KEY),
+}
+
+_ROLES: Final = get_args(Role)
+
+# The database URI of each role, first present wins. The admin role (migrations) needs the
+# schema owner; a file without it falls back to the app user, which then fails on DDL with a
+# clear "permission denied" from PostgreSQL. The reader never falls back to a user that may
+# write.
+_DATABASE_URIS: Final[dict[Role, tuple[OutputKey, ...]]] = {
+    "consumer": (OutputKey.PG_APP_URI,),
+    "admin": (OutputKey.PG_OWNER_URI, OutputKey.PG_APP_URI),
+    "reader": (OutputKey.PG_READER_URI,),
 }
 
 # Outputs every role receives: where Kafka is, which CA to trust, and the names.
@@ -117,14 +133,15 @@ def settings_values(outputs: Mapping[str, Any], *, role: Role) -> dict[str, Any]
     Args:
         outputs: output name to value, as :func:`read_stack_outputs` returns it.
         role: ``producer`` and ``consumer`` get their own Kafka client certificate; ``admin``
-            gets none, the schema owner's database URL and the Dashboards URL (module docstring).
+            gets none, the schema owner's database URL and the Dashboards URL; ``reader`` gets
+            the read-only database URL and nothing else secret (module docstring).
 
     Raises:
         ConfigError: a value is not a string, is hidden (``"[secret]"``), a certificate comes
             without its key (or the reverse), or the database URI has an unexpected scheme.
     """
-    if role not in ("producer", "consumer", "admin"):
-        msg = f"unknown role {role!r}; expected producer, consumer or admin"
+    if role not in _ROLES:
+        msg = f"unknown role {role!r}; expected producer, consumer, admin or reader"
         raise ConfigError(msg)
 
     def get(key: OutputKey) -> str | None:
@@ -152,14 +169,9 @@ def settings_values(outputs: Mapping[str, Any], *, role: Role) -> dict[str, Any]
             values["kafka_ssl_certificate"] = cert
             values["kafka_ssl_key"] = private_key
 
-    if role == "consumer":
-        database_uri = get(OutputKey.PG_APP_URI)
-    elif role == "admin":
-        # Migrations need the schema owner; a file without it falls back to the app user,
-        # which then fails on DDL with a clear "permission denied" from PostgreSQL.
-        database_uri = get(OutputKey.PG_OWNER_URI) or get(OutputKey.PG_APP_URI)
-    else:
-        database_uri = None
+    database_uri = next(
+        (uri for key in _DATABASE_URIS.get(role, ()) if (uri := get(key)) is not None), None
+    )
     if database_uri is not None:
         values["database_url"] = _sqlalchemy_url(database_uri)
 

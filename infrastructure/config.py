@@ -68,6 +68,7 @@ class InfraConfig:
     consumer_user: str = "clickstream-consumer"
     pg_app_user: str = "clickstream_app"
     pg_owner_user: str = "clickstream_owner"
+    pg_reader_user: str = "clickstream_reader"
     opensearch_user: str = "clickstream-search"
     termination_protection: bool = True
 
@@ -150,6 +151,7 @@ class InfraConfig:
             "consumerUser",
             "pgAppUser",
             "pgOwnerUser",
+            "pgReaderUser",
             "opensearchUser",
         ):
             name = getattr(self, _FIELD_OF_KEY[key])
@@ -160,6 +162,11 @@ class InfraConfig:
             )
         check(self.producer_user != self.consumer_user, "consumerUser", "not the producer's user")
         check(self.pg_app_user != self.pg_owner_user, "pgOwnerUser", "not the application user")
+        check(
+            self.pg_reader_user not in (self.pg_app_user, self.pg_owner_user),
+            "pgReaderUser",
+            "not the application user nor the schema owner",
+        )
         return found
 
 

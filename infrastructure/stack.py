@@ -9,10 +9,16 @@ Least privilege, by construction:
   unlike Aiven's topic ACLs, can name one consumer group): the producer may only write the
   events topic; the consumer may read the events topic, write the dead-letter topic and use
   its one consumer group.
-- PostgreSQL has a schema owner (runs migrations) and an application user (rows only); the
-  table grants are SQL, see ``docs/deploy-aiven.md``.
+- PostgreSQL has a schema owner (runs migrations), an application user (rows only) and a
+  reader (``SELECT`` only, for the dashboard); the table grants are SQL, which Aiven's API
+  cannot issue, see ``docs/deploy-aiven.md``.
 - OpenSearch has index ACLs on, and one user allowed only on ``<indexPrefix>*``.
 - No output carries an ``avnadmin`` credential.
+
+Deletion protection: the services use Aiven's own ``termination_protection`` (enforced by
+Aiven). Topics and the database use Pulumi's ``protect`` option instead, because the
+provider's ``termination_protection`` on those two resources is deprecated (it was only ever
+checked client-side, like ``protect``).
 """
 
 from __future__ import annotations
@@ -106,6 +112,13 @@ def with_credentials(uri: str, *, user: str, password: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def _protected(child: pulumi.ResourceOptions, cfg: InfraConfig) -> pulumi.ResourceOptions:
+    """``child`` plus Pulumi's ``protect`` when termination protection is configured."""
+    return pulumi.ResourceOptions.merge(
+        child, pulumi.ResourceOptions(protect=cfg.termination_protection)
+    )
+
+
 class ClickstreamServices(pulumi.ComponentResource):
     """Kafka with topics, users and ACLs; PostgreSQL with database and users; OpenSearch.
 
@@ -130,6 +143,7 @@ class ClickstreamServices(pulumi.ComponentResource):
     def _kafka(
         self, cfg: InfraConfig, child: pulumi.ResourceOptions
     ) -> dict[OutputKey, pulumi.Output[str]]:
+        protected = _protected(child, cfg)
         kafka = aiven.Kafka(
             "kafka",
             project=cfg.aiven_project,
@@ -166,14 +180,13 @@ class ClickstreamServices(pulumi.ComponentResource):
                 topic_name=topic,
                 partitions=partitions,
                 replication=cfg.replication,
-                termination_protection=cfg.termination_protection,
                 config=aiven.KafkaTopicConfigArgs(
                     retention_ms=str(retention_ms),
                     cleanup_policy="delete",
                     min_insync_replicas=str(cfg.min_insync_replicas),
                     max_message_bytes=max_bytes,
                 ),
-                opts=child,
+                opts=protected,
             )
         users = {
             name: aiven.KafkaUser(
@@ -236,8 +249,7 @@ class ClickstreamServices(pulumi.ComponentResource):
             project=cfg.aiven_project,
             service_name=pg.service_name,
             database_name=cfg.database_name,
-            termination_protection=cfg.termination_protection,
-            opts=child,
+            opts=_protected(child, cfg),
         )
 
         def uri_of(user: aiven.PgUser) -> pulumi.Output[str]:
@@ -268,7 +280,18 @@ class ClickstreamServices(pulumi.ComponentResource):
             username=cfg.pg_app_user,
             opts=child,
         )
-        return {OutputKey.PG_OWNER_URI: uri_of(owner), OutputKey.PG_APP_URI: uri_of(app)}
+        reader = aiven.PgUser(
+            "pg-user-reader",
+            project=cfg.aiven_project,
+            service_name=pg.service_name,
+            username=cfg.pg_reader_user,
+            opts=child,
+        )
+        return {
+            OutputKey.PG_OWNER_URI: uri_of(owner),
+            OutputKey.PG_APP_URI: uri_of(app),
+            OutputKey.PG_READER_URI: uri_of(reader),
+        }
 
     def _opensearch(
         self, cfg: InfraConfig, child: pulumi.ResourceOptions

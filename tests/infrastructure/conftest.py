@@ -32,6 +32,7 @@ ADMIN_PASSWORD = "admin-secret"  # the avnadmin password Aiven puts in service U
 PASSWORDS = {
     "clickstream_app": "app:p@ss/1",
     "clickstream_owner": "owner pw#2",
+    "clickstream_reader": "read=only&4",
     "clickstream-search": "search%pw?3",
 }
 
@@ -113,13 +114,14 @@ class AivenMocks(pulumi.runtime.Mocks):
 
 @dataclass
 class Registration:
-    """What the engine would see of one resource: URN, parent URN and explicit dependencies."""
+    """What the engine would see of one resource: URN, parent, dependencies, protection."""
 
     typ: str
     name: str
     urn: str
     parent: str
     dependencies: list[str]
+    protect: bool
 
 
 class RecordingMonitor(MockMonitor):
@@ -138,6 +140,7 @@ class RecordingMonitor(MockMonitor):
                 urn=response.urn,
                 parent=request.parent,
                 dependencies=list(request.dependencies),
+                protect=bool(request.protect),
             )
         )
         return response

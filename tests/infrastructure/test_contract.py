@@ -34,6 +34,10 @@ OWNER_DB = (
     f"postgresql+psycopg://clickstream_owner:owner%20pw%232@{PG_HOST}:{PG_PORT}/clickstream"
     "?sslmode=require"
 )
+READER_DB = (
+    f"postgresql+psycopg://clickstream_reader:read%3Donly%264@{PG_HOST}:{PG_PORT}/clickstream"
+    "?sslmode=require"
+)
 SEARCH = f"https://clickstream-search:search%25pw%3F3@{OS_HOST}:{OS_PORT}"
 DASHBOARDS = f"https://clickstream-search:search%25pw%3F3@{OS_HOST}:443"
 
@@ -50,7 +54,7 @@ def outputs_file(run_program, tmp_path):
 def test_the_file_reads_back_as_the_outputs(outputs_file):
     outputs = read_stack_outputs(path=str(outputs_file), stack=None)
     assert outputs["kafka_bootstrap"] == f"{KAFKA_HOST}:{KAFKA_PORT}"
-    assert len(outputs) == 14
+    assert len(outputs) == 15
 
 
 def test_producer_settings(outputs_file):
@@ -95,6 +99,20 @@ def test_admin_settings_have_no_kafka_identity(outputs_file):
     assert settings.database_url.get_secret_value() == OWNER_DB
     assert settings.opensearch_url.get_secret_value() == SEARCH
     assert settings.dashboards_url.get_secret_value() == DASHBOARDS
+
+
+def test_reader_settings_can_only_read_the_database(outputs_file):
+    # The read side (the dashboard) gets the SELECT-only user, and no certificate or
+    # OpenSearch credential. Role "reader" is not yet in clickstream.settings.Role.
+    settings = load_settings(
+        role="reader",
+        environ={"CLICKSTREAM_STACK_OUTPUTS": str(outputs_file)},
+    )
+    assert settings.database_url.get_secret_value() == READER_DB
+    assert settings.kafka_ssl_certificate is None
+    assert settings.kafka_ssl_key is None
+    assert settings.opensearch_url.get_secret_value() == ""
+    assert settings.dashboards_url.get_secret_value() == ""
 
 
 def test_environment_beats_stack_outputs_and_flags_beat_the_environment(outputs_file):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+import pulumi_aiven as aiven
 import pytest
 
 from clickstream.stack_outputs import OutputKey
@@ -66,6 +67,7 @@ SECRET_OUTPUTS = {
     "kafka_consumer_key",
     "pg_app_uri",
     "pg_owner_uri",
+    "pg_reader_uri",
     "opensearch_uri",
     "opensearch_dashboards_uri",
 }
@@ -109,7 +111,6 @@ def test_topics_have_the_configured_partitions_replication_and_retention(deploye
     # plus their headers: the dead-letter topic takes 2 MiB, the events topic the default.
     assert dead["config"]["maxMessageBytes"] == str(2 * 1024 * 1024)
     assert "maxMessageBytes" not in events["config"]
-    assert events["terminationProtection"] is True
     assert events["serviceName"] == "clickstream-dev-kafka"
 
 
@@ -183,9 +184,58 @@ def test_postgres_has_a_database_an_owner_and_an_application_user(deployed):
     assert pg["terminationProtection"] is True
     database = only(deployed.mocks.of_type(PG_DATABASE)).inputs
     assert database["databaseName"] == "clickstream"
-    assert database["terminationProtection"] is True
     users = sorted(u.inputs["username"] for u in deployed.mocks.of_type(PG_USER))
-    assert users == ["clickstream_app", "clickstream_owner"]
+    assert users == ["clickstream_app", "clickstream_owner", "clickstream_reader"]
+
+
+def test_no_argument_is_one_the_installed_provider_deprecates(deployed):
+    # The installed pulumi_aiven marks deprecated arguments on its *Args classes
+    # (``termination_protection`` of KafkaTopic and PgDatabase, ``karapace`` of Kafka, ...).
+    args_of = {
+        KAFKA: aiven.KafkaArgs,
+        TOPIC: aiven.KafkaTopicArgs,
+        KAFKA_USER: aiven.KafkaUserArgs,
+        NATIVE_ACL: aiven.KafkaNativeAclArgs,
+        PG: aiven.PgArgs,
+        PG_DATABASE: aiven.PgDatabaseArgs,
+        PG_USER: aiven.PgUserArgs,
+        OPENSEARCH: aiven.OpenSearchArgs,
+        OS_USER: aiven.OpensearchUserArgs,
+        OS_ACL_CONFIG: aiven.OpenSearchAclConfigArgs,
+        OS_ACL_RULE: aiven.OpenSearchAclRuleArgs,
+        # The user configs, nested one level down.
+        f"{KAFKA}.kafkaUserConfig": aiven.KafkaKafkaUserConfigArgs,
+        f"{PG}.pgUserConfig": aiven.PgPgUserConfigArgs,
+        f"{OPENSEARCH}.opensearchUserConfig": aiven.OpenSearchOpensearchUserConfigArgs,
+    }
+    used: list[str] = []
+    for item in deployed.created:
+        if item.typ == COMPONENT:
+            continue
+        for name, value in item.inputs.items():
+            if name not in ("__defaults", "__self__"):
+                used.append(f"{item.typ}:{name}")
+            if isinstance(value, dict) and f"{item.typ}.{name}" in args_of:
+                used.extend(f"{item.typ}.{name}:{inner}" for inner in value)
+    deprecated = {
+        f"{where}:{prop.fget.__dict__['_pulumi_name']}"
+        for where, args in args_of.items()
+        for prop in vars(args).values()
+        if isinstance(prop, property) and "_pulumi_deprecated_callable" in prop.fget.__dict__
+    }
+    assert f"{TOPIC}:terminationProtection" in deprecated  # the check sees what it looks for
+    assert sorted(set(used) & deprecated) == []
+
+
+def test_topics_and_database_are_protected_by_pulumi_and_services_by_aiven(deployed):
+    protected = {(r.typ, r.name) for r in deployed.registrations if r.protect}
+    assert protected == {
+        (TOPIC, "topic-events"),
+        (TOPIC, "topic-dead-letters"),
+        (PG_DATABASE, "pg-database"),
+    }
+    with_flag = {i.typ for i in deployed.created if i.inputs.get("terminationProtection")}
+    assert with_flag == {KAFKA, PG, OPENSEARCH}
 
 
 def test_opensearch_has_dashboards_and_one_user_limited_to_the_project_indices(deployed):
@@ -213,7 +263,7 @@ def test_opensearch_user_is_created_after_acls_are_enabled(deployed):
 def test_every_resource_belongs_to_the_component(deployed):
     component_urn = deployed.urn_of(COMPONENT, "clickstream")
     children = [r for r in deployed.registrations if r.typ != COMPONENT]
-    assert len(children) == 17  # kafka, 2 topics, 2 users, 4 acls, pg, db, 2 users, os, 3
+    assert len(children) == 18  # kafka, 2 topics, 2 users, 4 acls, pg, db, 3 users, os, 3
     for registration in children:
         assert registration.parent == component_urn, registration.name
 
@@ -246,6 +296,11 @@ def test_output_values(deployed):
         f"postgres://clickstream_owner:owner%20pw%232@{PG_HOST}:{PG_PORT}/clickstream"
         "?sslmode=require"
     )
+    # Password "read=only&4".
+    assert out["pg_reader_uri"] == (
+        f"postgres://clickstream_reader:read%3Donly%264@{PG_HOST}:{PG_PORT}/clickstream"
+        "?sslmode=require"
+    )
     assert (
         out["opensearch_uri"] == f"https://clickstream-search:search%25pw%3F3@{OS_HOST}:{OS_PORT}"
     )
@@ -264,7 +319,8 @@ def test_termination_protection_can_be_turned_off_for_throwaway_stacks(run_progr
     deployed = run_program(lambda: build_stack(cfg))
     protected = [item for item in deployed.created if item.inputs.get("terminationProtection")]
     assert protected == []
-    assert len([i for i in deployed.created if "terminationProtection" in i.inputs]) == 6
+    assert len([i for i in deployed.created if "terminationProtection" in i.inputs]) == 3
+    assert [r.name for r in deployed.registrations if r.protect] == []
 
 
 def test_main_reads_the_stack_config_and_exports_every_output(

@@ -25,6 +25,7 @@ OUTPUTS = {
     "kafka_consumer_group": "clickstream-consumer",
     "pg_app_uri": "postgres://app:apw@pg.example.com:24947/clickstream?sslmode=require",
     "pg_owner_uri": "postgres://owner:opw@pg.example.com:24947/clickstream?sslmode=require",
+    "pg_reader_uri": "postgres://reader:rpw@pg.example.com:24947/clickstream?sslmode=require",
     "opensearch_uri": "https://search:spw@os.example.com:24949",
     "opensearch_index_prefix": "clickstream",
     "opensearch_dashboards_uri": "https://search:spw@os.example.com:443",
@@ -72,6 +73,20 @@ def test_admin_gets_no_kafka_certificate_the_schema_owner_and_dashboards():
         "opensearch_url": "https://search:spw@os.example.com:24949",
         "dashboards_url": "https://search:spw@os.example.com:443",
     }
+
+
+def test_reader_gets_the_read_only_database_user_and_no_other_credential():
+    assert settings_values(OUTPUTS, role="reader") == {
+        **COMMON,
+        "database_url": (
+            "postgresql+psycopg://reader:rpw@pg.example.com:24947/clickstream?sslmode=require"
+        ),
+    }
+
+
+def test_reader_never_falls_back_to_a_user_that_may_write():
+    outputs = {k: v for k, v in OUTPUTS.items() if k != "pg_reader_uri"}
+    assert "database_url" not in settings_values(outputs, role="reader")
 
 
 def test_admin_falls_back_to_the_app_user_without_an_owner_uri():
@@ -127,7 +142,7 @@ def test_a_value_that_is_not_a_string_is_refused():
 
 def test_an_unknown_role_is_refused():
     with pytest.raises(ConfigError, match="unknown role"):
-        settings_values(OUTPUTS, role="operator")  # type: ignore[arg-type]
+        settings_values(OUTPUTS, role="operator")
 
 
 def write(tmp_path: Path, text: str) -> str:
