@@ -671,10 +671,15 @@ def test_the_epoch_itself_is_accepted() -> None:
 
 
 def test_the_largest_timestamp_is_a_future_timestamp_not_a_crash() -> None:
-    assert rejection(with_(occurred_at="9999-12-31T23:59:59-05:00")).reason in (
-        "schema",
-        "future_timestamp",
-    )
+    # The last second of year 9999 in UTC is representable: it is simply in the future.
+    late = rejection(with_(occurred_at="9999-12-31T23:59:59Z"))
+    assert (late.reason, "occurred_at" in late.detail) == ("future_timestamp", True)
+    # At -05:00 the same wall time is 10000-01-01T04:59:59Z, past the largest date: that is
+    # an invalid value (schema), named as such, not a crash.
+    overflow = rejection(with_(occurred_at="9999-12-31T23:59:59-05:00"))
+    assert overflow.reason == "schema"
+    assert "field 'occurred_at'" in overflow.detail
+    assert "out of range" in overflow.detail
 
 
 @pytest.mark.parametrize("country", ["XX", "UK", "EU"])

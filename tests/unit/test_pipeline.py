@@ -157,9 +157,18 @@ def test_valid_events_are_stored_and_invalid_ones_dead_lettered(engine) -> None:
     assert count(engine, "sessions") == 1
     first = letters.sent[0]
     assert (first.key, first.value, first.reason) == (b"bad-key", b"{oops", "not_json")
-    assert dict(first.headers())["source_offset"] == b"11"
-    assert dict(first.headers())["source_topic"] == b"events"
-    assert "country" in letters.sent[1].detail
+    headers = dict(first.headers())
+    assert (headers["source_topic"], headers["source_partition"], headers["source_offset"]) == (
+        b"events",
+        b"1",
+        b"11",
+    )
+    assert headers["reason"] == b"not_json"
+    assert headers["detail"].startswith(b"the message is not JSON")
+    second = letters.sent[1]
+    assert (second.key, second.value, second.reason) == (b"k", event(3, 7, country="de"), "schema")
+    assert (second.source_partition, second.source_offset) == (1, 13)
+    assert "country" in second.detail
     assert len(index.events) == 2
     assert index.sessions == {}  # session documents follow through the outbox
     assert run.sync_search() == 1

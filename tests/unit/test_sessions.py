@@ -245,3 +245,26 @@ def test_funnel_step_of_the_golden_buyer_is_complete() -> None:
     assert head.funnel_step == 2  # home, home, category, product page views
     (extended,) = extend_session(head, events[4:5], gap=GAP, max_length=MAX) or []
     assert extended.funnel_step == 3  # + add_to_cart, through the fast path
+
+
+def test_one_second_past_the_24_hour_cap_starts_a_new_session() -> None:
+    # Worked out by hand: page views every 30 minutes (each exactly the gap: joins) from
+    # 00:00 to 24:00 make 49 events, the last exactly 24 h after the first (joins). One more
+    # at 24:00:01 is 1 s after the previous event but 24 h 1 s after the session's first:
+    # the cap starts a second, one-event session.
+    start = datetime(2024, 5, 2, tzinfo=UTC)
+    events = [_plain(k, start + timedelta(minutes=30 * k)) for k in range(49)]
+    events.append(_plain(49, start + timedelta(hours=24, seconds=1)))
+    first, second = build_sessions("u", events, gap=GAP, max_length=MAX)
+    assert (first.started_at, first.ended_at) == (start, datetime(2024, 5, 3, tzinfo=UTC))
+    assert (first.event_count, first.duration_seconds) == (49, 86400.0)
+    assert first.exit_page == "https://shop.example/48"
+    assert (second.started_at, second.event_count, second.bounced) == (
+        datetime(2024, 5, 3, 0, 0, 1, tzinfo=UTC),
+        1,
+        True,
+    )
+    assert second.session_id == session_id_for("00000000-0000-4000-8000-000000000031")
+    # The same through the in-place path: the open session cannot take the 24:00:01 event.
+    (head,) = build_sessions("u", events[:49], gap=GAP, max_length=MAX)
+    assert extend_session(head, events[49:], gap=GAP, max_length=MAX) == [first, second]
