@@ -24,6 +24,28 @@ def add_log_level(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     )
 
 
+class _NoTraceback(logging.Filter):
+    """Keep a record's message, drop its traceback (the OpenSearch client attaches one to every
+    failed request, some 50 lines per retry during an outage; our own line says what failed)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def configure_logging(level: str) -> None:
-    """Log to stderr with timestamps; stdout stays free for results and summaries."""
+    """Log to stderr with timestamps; stdout stays free for results and summaries.
+
+    Below ``DEBUG``, the OpenSearch client's warnings keep their message but lose the
+    traceback it attaches to every failed request.
+    """
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    search_log = logging.getLogger("opensearch")
+    filters = [f for f in search_log.filters if isinstance(f, _NoTraceback)]
+    if level != "DEBUG" and not filters:
+        search_log.addFilter(_NoTraceback())
+    elif level == "DEBUG":
+        for found in filters:
+            search_log.removeFilter(found)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from sqlalchemy import Engine, inspect
@@ -25,9 +27,10 @@ from sqlalchemy.exc import DBAPIError
 
 from clickstream.cli import add_log_level, configure_logging
 from clickstream.db import make_engine
+from clickstream.db.models import Base
 from clickstream.dead_letters import KafkaDeadLetterSink
 from clickstream.errors import ClickstreamError, ConfigError, TransientError
-from clickstream.kafka import kafka_client_config, require_topic
+from clickstream.kafka import kafka_client_config, librdkafka_logger, require_topic
 from clickstream.pipeline import BatchProcessor, BatchReport, SearchIndex
 from clickstream.settings import Settings, load_settings
 from clickstream.store import SessionRules
@@ -38,6 +41,19 @@ _log = logging.getLogger("clickstream.consume")
 
 _MAX_BACKOFF_SECONDS = 30.0
 
+_T = TypeVar("_T")
+
+_MAX_BATCH_SIZE: Final = 10_000
+"""A batch's transaction holds one advisory lock per visitor in it, and PostgreSQL's shared lock
+table holds ``max_locks_per_transaction`` (64) times the connection slots for all sessions: a
+few thousand on a small server. Batches of 5,000 measured no faster than 2,000."""
+_SESSION_TIMEOUT_RANGE: Final = (6.0, 1800.0)
+"""What a broker with default settings accepts (``group.min/max.session.timeout.ms``)."""
+_MAX_INTERVAL: Final = 86400.0
+_KAFKA_WAIT_SLICE: Final = 2.0
+"""Seconds per metadata request while waiting for Kafka at start: a signal is heard between
+slices (the client keeps connecting in the background across them)."""
+_KAFKA_NOTE_INTERVAL: Final = 10.0
 
 _MAX_SEARCH_SYNC_INTERVAL: Final = 3600.0
 _DEFAULT_SEARCH_SYNC_INTERVAL: Final = 5.0
@@ -59,14 +75,31 @@ class ConsumerOptions:
 
 
 class _Stop:
-    """Set by SIGINT/SIGTERM (or a test); the loop finishes its batch and exits."""
+    """Set by SIGINT/SIGTERM (or a test); the loop finishes its batch and exits.
+
+    A second signal exits at once with status 130, committing nothing more: the batch in
+    progress is redelivered to the next consumer of the group, as after a crash.
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
 
     def __call__(self, signum: int, _frame: FrameType | None) -> None:
-        _log.info("received %s: finishing the current batch", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if self.event.is_set():
+            _log.warning(
+                "received %s again: exiting at once (status 130); the batch in progress is "
+                "not committed and will be consumed again",
+                name,
+            )
+            logging.shutdown()
+            os._exit(130)
+        _log.info("received %s: finishing the current batch (a second signal exits at once)", name)
         self.event.set()
+
+
+class _Stopped(Exception):
+    """A signal arrived while the consumer was still waiting for a service at start."""
 
 
 def _backoff(attempt: int) -> float:
@@ -74,26 +107,50 @@ def _backoff(attempt: int) -> float:
 
 
 def _check_schema(engine: Engine, stop: threading.Event) -> None:
+    """Wait for the database, then require every table and column this version writes.
+
+    Raises:
+        ConfigError: the schema is missing or behind (``alembic upgrade head`` mends it).
+        _Stopped: a signal arrived while the database was unavailable.
+    """
     attempt = 0
     while True:
         try:
-            tables = set(inspect(engine).get_table_names())
+            missing = _schema_gaps(engine)
         except DBAPIError as exc:
             if stop.is_set():
-                raise TransientError(str(exc.orig)) from exc
+                raise _Stopped from exc
             delay = _backoff(attempt)
             _log.warning("database unavailable (%s); retrying in %.1fs", exc.orig, delay)
-            stop.wait(delay)
+            if stop.wait(delay):
+                raise _Stopped from exc
             attempt += 1
             continue
-        missing = {"events", "sessions", "traffic_minute"} - tables
+        if stop.is_set():
+            raise _Stopped
         if missing:
             msg = (
-                f"the database has no table {', '.join(sorted(missing))}: "
+                f"the database schema is missing or older than this version (no {missing}): "
                 "run `alembic upgrade head` first (it reads CLICKSTREAM_DATABASE_URL)"
             )
             raise ConfigError(msg)
         return
+
+
+def _schema_gaps(engine: Engine) -> str:
+    """The tables and columns of the models that the database lacks, as text ('' if none)."""
+    inspector = inspect(engine)
+    present = set(inspector.get_table_names())
+    tables = [t for t in Base.metadata.sorted_tables if t.name not in present]
+    gaps = [f"table {', '.join(sorted(t.name for t in tables))}"] if tables else []
+    columns: list[str] = []
+    for table in sorted(Base.metadata.sorted_tables, key=lambda t: t.name):
+        if table.name in present:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            columns += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
+    if columns:
+        gaps.append(f"column {', '.join(columns)}")
+    return "; ".join(gaps)
 
 
 def _build_search(settings: Settings, stop: threading.Event) -> SearchIndex:
@@ -113,10 +170,11 @@ def _build_search(settings: Settings, stop: threading.Event) -> SearchIndex:
             break
         except TransientError as exc:
             if stop.is_set():
-                raise
+                raise _Stopped from exc
             delay = _backoff(attempt)
             _log.warning("OpenSearch unavailable (%s); retrying in %.1fs", exc, delay)
-            stop.wait(delay)
+            if stop.wait(delay):
+                raise _Stopped from exc
             attempt += 1
     sink: SearchIndex = SearchSink(client, prefix=settings.opensearch_index_prefix)
     return sink
@@ -199,24 +257,67 @@ def run(
 ) -> BatchReport:
     """Consume until stopped (or idle, with ``exit_when_idle``); return the totals.
 
+    Waits for PostgreSQL, OpenSearch (when on) and Kafka at start; ``stop`` set meanwhile
+    returns empty totals (a clean stop, nothing consumed).
+
     Raises:
-        ConfigError: the database has no schema, or a setting is wrong.
+        ConfigError: the database schema is missing or behind, a topic is missing, librdkafka
+            refuses its configuration, or another setting is wrong.
         KafkaException: a fatal Kafka error.
     """
     stop = stop or threading.Event()
+    kafka_config = kafka_client_config(settings)  # half-configured TLS: stop before any wait
     engine = make_engine(
         settings.database_url.get_secret_value(),
         application_name="clickstream-consume",
         statement_timeout_s=120,
     )
-    _check_schema(engine, stop)
-    search = (
-        _build_search(settings, stop)
-        if options.opensearch and settings.opensearch_enabled
-        else None
-    )
-    dead_letters = KafkaDeadLetterSink(settings)
-    dead_letters.require_topic()
+    consumer: Consumer | None = None
+    dead_letters: KafkaDeadLetterSink | None = None
+    try:
+        # The clients first: librdkafka checks its configuration (TLS material) as it starts.
+        consumer = _kafka_client(
+            lambda: Consumer(
+                {
+                    **kafka_config,
+                    "group.id": settings.consumer_group,
+                    "client.id": "clickstream-consumer",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "partition.assignment.strategy": "cooperative-sticky",
+                    "isolation.level": "read_committed",
+                    "session.timeout.ms": round(options.session_timeout * 1000),
+                    "logger": librdkafka_logger(),
+                }
+            )
+        )
+        dead_letters = _kafka_client(lambda: KafkaDeadLetterSink(settings))
+        _check_schema(engine, stop)
+        search = (
+            _build_search(settings, stop)
+            if options.opensearch and settings.opensearch_enabled
+            else None
+        )
+        events_client = consumer
+        _wait_for_kafka(
+            lambda timeout: require_topic(
+                events_client,
+                settings.topic,
+                what="events",
+                setting="CLICKSTREAM_TOPIC",
+                timeout=timeout,
+            ),
+            settings,
+            stop,
+        )
+        _wait_for_kafka(dead_letters.require_topic, settings, stop)
+    except _Stopped:
+        _log.info("stopped while waiting for the services at start: nothing consumed")
+        _close(consumer, dead_letters, engine)
+        return BatchReport()
+    except BaseException:
+        _close(consumer, dead_letters, engine)
+        raise
     processor = BatchProcessor(
         engine=engine,
         rules=SessionRules(
@@ -228,25 +329,6 @@ def run(
         dead_letters=dead_letters,
         search=search,
     )
-    consumer = Consumer(
-        {
-            **kafka_client_config(settings),
-            "group.id": settings.consumer_group,
-            "client.id": "clickstream-consumer",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "isolation.level": "read_committed",
-            "session.timeout.ms": int(options.session_timeout * 1000),
-        }
-    )
-    try:
-        require_topic(consumer, settings.topic, what="events", setting="CLICKSTREAM_TOPIC")
-    except ClickstreamError:
-        consumer.close()
-        dead_letters.close()
-        engine.dispose()
-        raise
     consumer.subscribe([settings.topic], on_assign=_on_assign, on_revoke=_on_revoke)
     progress = _Progress(options.progress_interval)
     _log.info(
@@ -257,13 +339,80 @@ def run(
         " and OpenSearch" if search else "",
     )
     try:
-        _loop(consumer, processor, options, progress, stop, topic=settings.topic)
+        _loop(
+            consumer,
+            processor,
+            options,
+            progress,
+            stop,
+            topic=settings.topic,
+            serve=dead_letters.serve,
+        )
     finally:
         progress.maybe_log(consumer, force=True)
         consumer.close()
         dead_letters.close()
         engine.dispose()
     return progress.total
+
+
+def _close(
+    consumer: Consumer | None, dead_letters: KafkaDeadLetterSink | None, engine: Engine
+) -> None:
+    if consumer is not None:
+        consumer.close()
+    if dead_letters is not None:
+        dead_letters.close()
+    engine.dispose()
+
+
+def _kafka_client(make: Callable[[], _T]) -> _T:
+    """``make()``, with librdkafka's refusal of its configuration as a :class:`ConfigError`."""
+    try:
+        return make()
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        detail = error.str() if isinstance(error, KafkaError) else str(exc)
+        msg = (
+            f"the Kafka client refused its configuration: {detail.strip()}; check "
+            "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS and CLICKSTREAM_KAFKA_SSL_* (PEM text) or "
+            "the stack outputs"
+        )
+        raise ConfigError(msg) from exc
+
+
+def _wait_for_kafka(
+    check: Callable[[float], None], settings: Settings, stop: threading.Event
+) -> None:
+    """Run ``check(timeout)`` until Kafka answers it, in short slices so that a signal is heard.
+
+    Raises:
+        ConfigError: what ``check`` raises when Kafka answered (a missing topic).
+        _Stopped: a signal arrived first.
+    """
+    began = time.monotonic()
+    noted = -math.inf
+    while True:
+        if stop.is_set():
+            raise _Stopped
+        attempt = time.monotonic()
+        try:
+            check(_KAFKA_WAIT_SLICE)
+        except TransientError as exc:
+            now = time.monotonic()
+            if now - noted >= _KAFKA_NOTE_INTERVAL:
+                _log.warning(
+                    "Kafka at %s has not answered for %.0fs (%s); still waiting. Is it running, "
+                    "and is the address right (--bootstrap-servers, "
+                    "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS)? Ctrl-C stops",
+                    settings.kafka_bootstrap_servers,
+                    now - began,
+                    exc,
+                )
+                noted = now
+            stop.wait(max(0.0, _KAFKA_WAIT_SLICE - (now - attempt)))
+            continue
+        return
 
 
 def _on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -367,14 +516,15 @@ def _loop(
     stop: threading.Event,
     *,
     topic: str,
+    serve: Callable[[], None] = lambda: None,
 ) -> None:
     if processor.search is None:
-        _consume(consumer, processor, options, progress, stop, sync=None, topic=topic)
+        _consume(consumer, processor, options, progress, stop, sync=None, topic=topic, serve=serve)
         return
     sync = _SearchSync(processor, options.search_sync_interval)
     sync.start()
     try:
-        _consume(consumer, processor, options, progress, stop, sync=sync, topic=topic)
+        _consume(consumer, processor, options, progress, stop, sync=sync, topic=topic, serve=serve)
     finally:
         sync.close()
     sync.check()
@@ -389,13 +539,16 @@ def _consume(
     *,
     sync: _SearchSync | None,
     topic: str,
+    serve: Callable[[], None],
 ) -> None:
+    """The loop; ``serve()`` runs once per poll (the dead-letter client's log lines)."""
     last_message = time.monotonic()
     last_wait_note = 0.0
     failures = 0
     while not stop.is_set():
         if sync is not None:
             sync.check()
+        serve()
         messages = consumer.consume(options.batch_size, options.poll_timeout)
         batch = [m for m in messages if not _is_error(m)]
         if not batch:
@@ -519,7 +672,10 @@ def _parser() -> argparse.ArgumentParser:
             "  python -m clickstream.consume\n"
             "  python -m clickstream.consume --exit-when-idle 10 --no-opensearch\n"
             "  CLICKSTREAM_STACK_OUTPUTS=outputs.json python -m clickstream.consume\n\n"
-            "SIGINT/SIGTERM finish the current batch, commit and exit 0."
+            "SIGINT/SIGTERM finish the current batch, commit and exit 0 (also while waiting for\n"
+            "a service at start); a second one exits at once with 130, and the batch in\n"
+            "progress is consumed again by the next run. Exit status: 0 success, 1 fatal\n"
+            "Kafka error, 2 configuration error (the message says which setting and what to do)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -531,21 +687,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--opensearch-url", help="OpenSearch URL (empty: sink off)")
     parser.add_argument("--no-opensearch", action="store_true", help="do not index into OpenSearch")
     parser.add_argument(
-        "--batch-size", type=int, default=2000, help="messages per batch (default 2000)"
+        "--batch-size",
+        type=int,
+        default=2000,
+        help="messages per batch, 1 to 10000 (default 2000)",
     )
     parser.add_argument(
         "--exit-when-idle",
         type=float,
         metavar="SECONDS",
-        help="exit once no message arrived for SECONDS and the group has committed every"
-        " partition of the topic to its end (batch jobs, tests)",
+        help="exit once no message arrived for SECONDS (0 to 86400) and the group has"
+        " committed every partition of the topic to its end (batch jobs, tests)",
     )
     parser.add_argument(
         "--progress-interval",
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="how often to log throughput and lag (default 10)",
+        help="how often to log throughput and lag, more than 0 (default 10)",
     )
     parser.add_argument(
         "--search-sync-interval",
@@ -561,11 +720,62 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=45.0,
         metavar="SECONDS",
-        help="how soon the group reassigns the partitions of a consumer that died (default 45;"
-        " the broker allows 6 to 1800)",
+        help="how soon the group reassigns the partitions of a consumer that died, 6 to 1800"
+        " (what the broker allows by default; default 45)",
     )
     add_log_level(parser)
     return parser
+
+
+def _options(args: argparse.Namespace) -> ConsumerOptions:
+    """The loop's options from the flags, each checked (a message names the flag and its range).
+
+    Raises:
+        ConfigError: a value out of range (NaN and infinity included).
+    """
+    low, high = _SESSION_TIMEOUT_RANGE
+    checks = [
+        (
+            1 <= args.batch_size <= _MAX_BATCH_SIZE,
+            f"--batch-size must be at least 1 and at most {_MAX_BATCH_SIZE} messages",
+            args.batch_size,
+        ),
+        (
+            0 < args.search_sync_interval <= _MAX_SEARCH_SYNC_INTERVAL,
+            "--search-sync-interval must be more than 0 and at most "
+            f"{_MAX_SEARCH_SYNC_INTERVAL:.0f} seconds",
+            args.search_sync_interval,
+        ),
+        (
+            0 < args.progress_interval <= _MAX_INTERVAL,
+            f"--progress-interval must be more than 0 and at most {_MAX_INTERVAL:.0f} seconds",
+            args.progress_interval,
+        ),
+        (
+            args.exit_when_idle is None or 0 <= args.exit_when_idle <= _MAX_INTERVAL,
+            f"--exit-when-idle must be at least 0 and at most {_MAX_INTERVAL:.0f} seconds "
+            "(leave it out to run until stopped)",
+            args.exit_when_idle,
+        ),
+        (
+            low <= args.session_timeout <= high,
+            f"--session-timeout must be at least {low:.0f} and at most {high:.0f} seconds "
+            "(what the broker accepts by default)",
+            args.session_timeout,
+        ),
+    ]
+    for ok, message, value in checks:
+        if not ok:  # NaN fails every comparison, so it lands here too
+            msg = f"{message}, got {value}"
+            raise ConfigError(msg)
+    return ConsumerOptions(
+        batch_size=args.batch_size,
+        exit_when_idle=args.exit_when_idle,
+        progress_interval=args.progress_interval,
+        search_sync_interval=args.search_sync_interval,
+        opensearch=not args.no_opensearch,
+        session_timeout=args.session_timeout,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -581,28 +791,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "opensearch_url": args.opensearch_url,
     }
     stop = _Stop()
+    handlers = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+        handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         settings = load_settings(role="consumer", overrides=overrides)
-        if args.batch_size < 1:
-            msg = "--batch-size must be at least 1"
-            raise ConfigError(msg)
-        if not 0 < args.search_sync_interval <= _MAX_SEARCH_SYNC_INTERVAL:
-            msg = (
-                "--search-sync-interval must be more than 0 and at most "
-                f"{_MAX_SEARCH_SYNC_INTERVAL:.0f} seconds"
-            )
-            raise ConfigError(msg)
-        options = ConsumerOptions(
-            batch_size=args.batch_size,
-            exit_when_idle=args.exit_when_idle,
-            progress_interval=args.progress_interval,
-            search_sync_interval=args.search_sync_interval,
-            opensearch=not args.no_opensearch,
-            session_timeout=args.session_timeout,
-        )
+        options = _options(args)
         total = run(settings, options, stop=stop.event)
     except ClickstreamError as exc:
         _log.error("%s", exc)
@@ -610,6 +804,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KafkaException as exc:
         _log.error("fatal Kafka error: %s", exc)
         return 1
+    finally:
+        for sig, handler in handlers.items():  # a caller's own handlers, back in place
+            signal.signal(sig, handler)
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(total.reasons.items())) or "none"
     sys.stdout.write(
         f"consumed {total.consumed}, stored {total.stored}, duplicates {total.duplicates}, "

@@ -11,7 +11,12 @@ from typing import Any, Final
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from clickstream.errors import DeliveryError, TransientError
-from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES, kafka_client_config, require_topic
+from clickstream.kafka import (
+    DLQ_MAX_MESSAGE_BYTES,
+    kafka_client_config,
+    librdkafka_logger,
+    require_topic,
+)
 from clickstream.pipeline import DeadLetter
 from clickstream.settings import Settings
 
@@ -60,6 +65,7 @@ class KafkaDeadLetterSink:
                 "linger.ms": 5,
                 "compression.type": "lz4",
                 "message.max.bytes": DLQ_MAX_MESSAGE_BYTES,
+                "logger": librdkafka_logger(),
             }
         )
         self._too_large: list[DeadLetter] = []
@@ -186,6 +192,14 @@ class KafkaDeadLetterSink:
             setting="CLICKSTREAM_DLQ_TOPIC",
             timeout=timeout,
         )
+
+    def serve(self) -> None:
+        """Hand the client's queued log lines (and delivery reports) over; call it often.
+
+        The loop calls it once per poll, so that while Kafka is unreachable the client's
+        connection errors reach the log, de-duplicated, instead of piling up in its queue.
+        """
+        self._producer.poll(0)
 
     def close(self) -> None:
         """Flush what is pending."""

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from clickstream.dead_letters import MAX_KEY_BYTES, fit
+import logging
+import time
+
+import pytest
+
+from clickstream.dead_letters import MAX_KEY_BYTES, KafkaDeadLetterSink, fit
 from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES
 from clickstream.pipeline import DeadLetter
+from clickstream.settings import load_settings
 
 
 def _letter(key: bytes | None, value: bytes | None) -> DeadLetter:
@@ -41,3 +47,23 @@ def test_the_value_keeps_what_fits_beside_the_key() -> None:
     assert headers["truncated"] == b"true"
     assert headers["original_size"] == str(len(value)).encode()
     assert headers["original_key_size"] == str(len(key)).encode()
+
+
+def test_the_clients_connection_errors_reach_the_log_when_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nothing listens on port 1: librdkafka reports the refused connection. Without a logger it
+    # wrote such lines straight to stderr, about 20 a second while Kafka was down.
+    settings = load_settings(environ={}, overrides={"kafka_bootstrap_servers": "127.0.0.1:1"})
+    sink = KafkaDeadLetterSink(settings, flush_timeout=0.1)
+    deadline = time.monotonic() + 20
+    with caplog.at_level(logging.DEBUG, logger="clickstream.librdkafka"):
+        while time.monotonic() < deadline and not any(
+            r.name == "clickstream.librdkafka" for r in caplog.records
+        ):
+            sink.serve()
+            time.sleep(0.05)
+        sink.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "clickstream.librdkafka"]
+    assert lines, "no librdkafka line reached the log"
+    assert any("127.0.0.1:1" in line for line in lines), lines
