@@ -443,7 +443,7 @@ def _naive(
                         index=events_index(prefix, occurred_at),
                         id=event_id,
                         body=document,
-                        op_type="create",
+                        op_type="index",
                     )
                 consumer.commit(message=message, asynchronous=False)
                 done += 1
@@ -480,7 +480,7 @@ def _bulk_ceiling(client: OpenSearch, prefix: str, events: Sequence[ClickEvent])
         event_id, occurred_at, document = event_document(event.model_dump(mode="json"))
         actions.append(
             {
-                "_op_type": "create",
+                "_op_type": "index",
                 "_index": events_index(prefix, occurred_at),
                 "_id": event_id,
                 "_source": document,

@@ -3,25 +3,27 @@
 The order of effects makes redelivery harmless (exactly-once *effect*):
 
 1. decode and validate every message; invalid ones become :class:`DeadLetter` s;
-2. open a SQL transaction; write events, ``traffic_minute`` and sessions (idempotent) and
-   queue the ids of changed sessions in the search outbox (:mod:`clickstream.outbox`);
-3. index the *new* events into OpenSearch (``_id`` = ``event_id``, create-only), in a thread
-   beside step 2 from the moment the insert said which events are new, and wait for it;
-4. send dead letters (including events OpenSearch rejected) and wait for Kafka's ack;
-5. commit the SQL transaction;
+2. open a SQL transaction; write events, ``traffic_minute`` and sessions (idempotent), queue
+   the ids of changed sessions in the search outbox (:mod:`clickstream.outbox`) and, with
+   OpenSearch on, read the stored copies of the batch's duplicates;
+3. send the dead letters and wait for Kafka's ack;
+4. commit the SQL transaction;
+5. index into OpenSearch the *new* events and the stored copies of the duplicates
+   (``_id`` = ``event_id``, replacing a document of that id), and dead-letter the documents
+   OpenSearch rejects;
 6. the caller commits the Kafka offsets;
 7. every few seconds (and when idle) the caller drains the outbox, in a thread of its own
    beside the loop: each queued session's document is made equal to its committed row, the
    latest state once per interval.
 
-A failure before 5 rolls everything back in SQL and the batch is retried; an event indexed by
-the failed attempt is the same event the retry stores (the same first copy of its partition),
-and session documents only ever come from committed rows. (An event the database refuses for
-good after the insert, when a session or ``traffic_minute`` value is out of range, is
-dead-lettered, but the attempt may have indexed it already.) A failed drain leaves the ids
-queued for the next one. A crash between 5 and 6 redelivers the batch: SQL reports every event
-as a duplicate and nothing changes.
-Dead letters are delivered at least once; their ``source_*`` headers identify them uniquely.
+Only committed rows ever reach OpenSearch, so a document always equals its row: a failed
+attempt (a crash, a lost connection, a deadlock) indexed nothing, even when another copy of
+the same ``event_id`` from another partition is stored instead of the one it tried. A
+failure before 4 rolls everything back in SQL and the batch is retried. A failure in 5
+(OpenSearch unavailable) or a crash between 4 and 6 redelivers the batch: SQL reports its
+events as duplicates and changes nothing, and step 5 indexes their stored copies. A failed
+drain leaves the ids queued for the next one. Dead letters are delivered at least once; their
+``source_*`` headers identify them uniquely.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -40,7 +41,13 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from clickstream import outbox
 from clickstream.errors import InvalidEvent, TransientError
 from clickstream.events import ClickEvent, Reason, decode_event
-from clickstream.store import BatchOutcome, PositionedEvent, SessionRules, write_batch
+from clickstream.store import (
+    BatchOutcome,
+    PositionedEvent,
+    SessionRules,
+    stored_events,
+    write_batch,
+)
 
 __all__ = [
     "BatchProcessor",
@@ -53,6 +60,8 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+_MAX_OWED = 1_000_000
 
 
 class IncomingMessage(Protocol):
@@ -105,6 +114,8 @@ class SearchIndex(Protocol):
     """The OpenSearch sink as the pipeline sees it (idempotent by document id)."""
 
     def index_click_events(self, events: Sequence[ClickEvent]) -> Sequence[Rejection]: ...
+
+    def index_events(self, events: Sequence[Mapping[str, Any]]) -> Sequence[Rejection]: ...
 
     def upsert_session_documents(
         self, documents: Mapping[str, outbox.Document], deleted_session_ids: Sequence[str]
@@ -165,13 +176,18 @@ class BatchProcessor:
     future_tolerance: timedelta
     dead_letters: DeadLetterSink
     search: SearchIndex | None = None
+    _owed: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
+    """Ids of events stored by a batch that then failed in step 5: when the retry finds them
+    as duplicates, the report counts them as stored (once), as if the first attempt had
+    succeeded. Only counts depend on it; it is emptied if it ever grows past a bound."""
 
     def process(self, messages: Sequence[IncomingMessage]) -> BatchReport:
         """Process one batch to the point where its offsets may be committed.
 
         Raises:
-            TransientError: a sink is unavailable; nothing was committed and the whole batch
-                should be retried later.
+            TransientError: a sink is unavailable; the offsets must not be committed and the
+                whole batch should be retried later (events stored before OpenSearch failed
+                are then duplicates, whose stored copies the retry indexes).
         """
         now = self.clock()
         valid: list[PositionedEvent] = []
@@ -193,10 +209,15 @@ class BatchProcessor:
             # A value the database refuses although it passed validation: isolate the culprits.
             _log.warning("the database refused a batch (%s); storing events one by one", exc.orig)
             outcome = self._commit_one_by_one(valid, letters, sources)
+        stored, duplicates = len(outcome.new_events), outcome.duplicates
+        if self._owed and duplicates:
+            again = self._owed.intersection(item.event.event_id for item in valid)
+            self._owed.difference_update(again)
+            stored, duplicates = stored + len(again), duplicates - len(again)
         report = BatchReport(
             consumed=len(messages),
-            stored=len(outcome.new_events),
-            duplicates=outcome.duplicates,
+            stored=stored,
+            duplicates=duplicates,
             dead_lettered=len(letters),
             sessions_written=len(outcome.sessions.upserted),
             sessions_deleted=len(outcome.sessions.deleted),
@@ -213,22 +234,17 @@ class BatchProcessor:
         sources: Mapping[str, IncomingMessage],
     ) -> BatchOutcome:
         search = self.search
-        indexing: list[Future[Sequence[Rejection]]] = []
+        copies: list[dict[str, Any]] = []
         try:
-            # The new events are indexed in a thread of its own while the transaction writes
-            # the sessions: OpenSearch and PostgreSQL work at the same time. Leaving the
-            # block waits for that thread, whatever happened.
-            with ThreadPoolExecutor(1, "index-events") as indexer, self.engine.begin() as conn:
-
-                def index(new_events: list[ClickEvent]) -> None:
-                    if search is not None and new_events:
-                        indexing.append(indexer.submit(search.index_click_events, new_events))
-
-                outcome = write_batch(conn, events=valid, rules=self.rules, on_inserted=index)
+            with self.engine.begin() as conn:
+                outcome = write_batch(conn, events=valid, rules=self.rules)
                 if search is not None:
                     outbox.enqueue(conn, [*outcome.sessions.upserted, *outcome.sessions.deleted])
-                for future in indexing:  # raises what indexing raised: nothing is committed
-                    letters.extend(_rejected_events(future.result(), sources))
+                    if outcome.duplicates:
+                        new = {event.event_id for event in outcome.new_events}
+                        copies = stored_events(
+                            conn, (i.event.event_id for i in valid if i.event.event_id not in new)
+                        )
                 if letters:
                     self.dead_letters.send(letters)
         except DBAPIError as exc:
@@ -236,7 +252,24 @@ class BatchProcessor:
                 msg = f"the database is unavailable: {exc.orig}"
                 raise TransientError(msg) from exc
             raise
+        if search is not None and (outcome.new_events or copies):
+            try:
+                rejected = [*search.index_click_events(outcome.new_events)]
+                if copies:
+                    rejected += search.index_events(copies)
+                refused = _rejected_events(rejected, sources)
+                if refused:
+                    self.dead_letters.send(refused)
+            except BaseException:
+                self._owe([event.event_id for event in outcome.new_events])
+                raise
+            letters.extend(refused)
         return outcome
+
+    def _owe(self, event_ids: Sequence[str]) -> None:
+        if len(self._owed) + len(event_ids) > _MAX_OWED:
+            self._owed.clear()  # partitions moved away: their retries happen elsewhere
+        self._owed.update(event_ids)
 
     def _commit_one_by_one(
         self,
@@ -245,15 +278,19 @@ class BatchProcessor:
         sources: Mapping[str, IncomingMessage],
     ) -> BatchOutcome:
         total = BatchOutcome()
+        sent: list[DeadLetter] = []  # documents OpenSearch refused, dead-lettered by _commit
         for item in valid:
+            refused: list[DeadLetter] = []
             try:
-                total.add(self._commit([item], [], sources))
+                total.add(self._commit([item], refused, sources))
             except DBAPIError as exc:
                 source = sources[item.event.event_id]
                 detail = f"database: {exc.orig}"
                 letters.append(_dead_letter(source, Reason.REJECTED_BY_SINK, detail))
+            sent.extend(refused)
         if letters:
             self.dead_letters.send(letters)
+        letters.extend(sent)
         return total
 
     def sync_search(self, *, wait: bool = False) -> int:

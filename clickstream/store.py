@@ -24,7 +24,7 @@ import logging
 import operator
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -55,6 +55,7 @@ __all__ = [
     "SessionChanges",
     "SessionRules",
     "session_row",
+    "stored_events",
     "write_batch",
 ]
 
@@ -72,6 +73,8 @@ _NEVER: Final = datetime.min.replace(tzinfo=UTC)
 _MINUTE: Final = timedelta(minutes=1)
 _CONTRACT_ORDER: Final = operator.attrgetter("occurred_at", "event_id")
 """Sort key of the contract's order of events: time, then (lower-case) event id."""
+_CONTRACT_FIELDS: Final = tuple(name for name in ClickEvent.model_fields if name in events_table.c)
+"""The ``events`` columns that hold the event's own fields, in the model's order."""
 _IN_CHUNK: Final = 5000  # bound the number of bind parameters of one IN (...)
 
 
@@ -126,14 +129,11 @@ def write_batch(
     *,
     events: Sequence[PositionedEvent],
     rules: SessionRules,
-    on_inserted: Callable[[list[ClickEvent]], None] | None = None,
 ) -> BatchOutcome:
     """Store a batch of valid events inside the caller's open transaction.
 
     Idempotent: writing the same events again (redelivery) changes nothing. Within the batch,
-    the first copy of an ``event_id`` (in the given order) is the one stored. ``on_inserted``
-    is called with the new events (in contract order) as soon as they are known, before the
-    sessions and ``traffic_minute`` are written, so that the caller can start indexing them.
+    the first copy of an ``event_id`` (in the given order) is the one stored.
     """
     distinct: dict[str, PositionedEvent] = {}
     for item in events:
@@ -145,13 +145,26 @@ def write_batch(
     inserted_ids = _insert_events(conn, distinct.values())
     new_events = [distinct[event_id].event for event_id in inserted_ids]
     new_events.sort(key=_CONTRACT_ORDER)
-    if on_inserted is not None:
-        on_inserted(new_events)
     changes, slow, extended = _resessionize(conn, new_events, rules)
     # Last: traffic_minute rows are shared by every visitor of a minute, and their row locks
     # are held until commit. Taken at the end, concurrent consumers wait for each other least.
     _add_traffic(conn, new_events)
     return BatchOutcome(new_events, len(events) - len(new_events), changes, slow, extended)
+
+
+def stored_events(conn: Connection, event_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The stored copies of ``event_ids`` (those that are in ``events``), as contract fields.
+
+    Each row has the event's fields and nothing the table adds (``ingested_at``, the Kafka
+    position), so its search document equals the one made from the validated event.
+    """
+    ids = sorted(set(event_ids))
+    if not ids:
+        return []
+    statement = select(*(events_table.c[name] for name in _CONTRACT_FIELDS)).where(
+        events_table.c.event_id.in_(ids)
+    )
+    return [dict(row) for row in conn.execute(statement).mappings()]
 
 
 def _lock_users(conn: Connection, users: Iterable[str]) -> None:

@@ -1,12 +1,12 @@
 """Bulk indexing of stored events and sessions into OpenSearch (the consumer's search sink).
 
-The consumer indexes a batch's new events inside its open SQL transaction, and session documents
-after the commit, from the search outbox (:mod:`clickstream.outbox`); both happen before it
-commits the Kafka offsets, so every write here must be idempotent under redelivery:
+The consumer indexes a batch's events once its SQL transaction has committed, and session
+documents from the search outbox (:mod:`clickstream.outbox`); both only ever send committed rows,
+before it commits the Kafka offsets, so every write here must be idempotent under redelivery:
 
-* events are written with ``op_type=create`` and ``_id = event_id`` into the daily index of their
-  ``occurred_at``; a redelivered event hits the same index and id and gets ``409``, which counts
-  as done (the first stored copy wins, as in PostgreSQL);
+* events are written with ``op_type=index`` and ``_id = event_id`` into the daily index of their
+  ``occurred_at``: the stored copy of an event (the first one stored wins, as in PostgreSQL)
+  always maps to the same index and id, so indexing it again replaces it with itself;
 * sessions are replaced by ``_id = session_id`` through the sessions alias, and superseded ids
   are deleted (a ``404`` counts as done).
 
@@ -195,8 +195,9 @@ class SearchSink:
         """Index ``events`` (rows as stored in ``events``) into their daily indices.
 
         Idempotent: re-indexing a batch, in whole or in part, leaves one document per
-        ``event_id``. Pass the *stored* rows (the first copy of an id wins), so a redelivered
-        duplicate maps to the same daily index as the original.
+        ``event_id``, which each write replaces. Pass only *committed* rows (the stored copy of
+        an id, the first one stored): a copy that was never stored could replace the stored
+        one, or land in another daily index if its ``occurred_at`` is on another day.
 
         Returns:
             The documents that were refused (a 400 from OpenSearch, or a row the sink cannot
@@ -216,7 +217,7 @@ class SearchSink:
                 rejected.append(_rejected_row(row, "event_id", exc))
                 continue
             index = events_index(self._prefix, occurred_at)
-            actions.append(_action("create", index, event_id, source))
+            actions.append(_action("index", index, event_id, source))
         return self._index(actions, rejected)
 
     def index_click_events(self, events: Sequence[ClickEvent]) -> list[Rejected]:
@@ -232,7 +233,7 @@ class SearchSink:
             index = indices.get(day)
             if index is None:
                 index = indices[day] = events_index(self._prefix, occurred_at)
-            actions.append(_action("create", index, event_id, source))
+            actions.append(_action("index", index, event_id, source))
         return self._index(actions, [])
 
     def _index(self, actions: list[_Action], rejected: list[Rejected]) -> list[Rejected]:

@@ -21,8 +21,9 @@ from clickstream.consume import _SearchSync
 from clickstream.db import make_engine
 from clickstream.db.migrate import upgrade
 from clickstream.errors import SinkError, TransientError
-from clickstream.events import ClickEvent
+from clickstream.events import ClickEvent, decode_event
 from clickstream.pipeline import BatchProcessor, DeadLetter
+from clickstream.search.documents import click_event_json, dumps, event_document
 from clickstream.store import SessionRules
 
 NOW = datetime(2024, 8, 1, 12, 0, tzinfo=UTC)
@@ -76,15 +77,27 @@ class Index:
     fail: bool = False
     fail_sessions: bool = False
 
+    calls: int = 0
+
     def index_click_events(self, events: Sequence[ClickEvent]) -> list[Rejected]:
+        docs = [click_event_json(item) for item in events]
+        return self._index([(event_id, json.loads(text)) for event_id, _, text in docs])
+
+    def index_events(self, events: Sequence[Mapping[str, Any]]) -> list[Rejected]:
+        docs = [event_document(row) for row in events]
+        return self._index([(event_id, json.loads(dumps(doc))) for event_id, _, doc in docs])
+
+    def _index(self, docs: list[tuple[str, dict[str, Any]]]) -> list[Rejected]:
+        # op_type=index: a document replaces the one of its id
+        self.calls += 1
         if self.fail:
             raise TransientError("search unavailable")
         out = []
-        for item in events:
-            if item.event_id in self.reject:
-                out.append(Rejected(item.event_id, "search_rejected", "mapper_parsing_exception"))
+        for event_id, doc in docs:
+            if event_id in self.reject:
+                out.append(Rejected(event_id, "search_rejected", "mapper_parsing_exception"))
             else:
-                self.events.setdefault(item.event_id, item.model_dump(mode="json"))
+                self.events[event_id] = doc
         return out
 
     def upsert_session_documents(
@@ -134,6 +147,12 @@ def processor(engine, letters: Letters, index: Index | None = None) -> BatchProc
         dead_letters=letters,
         search=index,
     )
+
+
+def index_of(raw: bytes) -> dict[str, Any]:
+    """The search document of a valid event, as the sink makes it from the validated event."""
+    decoded = decode_event(raw, now=NOW, future_tolerance=timedelta(minutes=5))
+    return dict(json.loads(click_event_json(decoded)[2]))
 
 
 def count(engine, table: str) -> int:
@@ -186,20 +205,73 @@ def test_a_redelivered_batch_changes_nothing(engine) -> None:
         assert conn.execute(text("SELECT sum(events) FROM traffic_minute")).scalar_one() == 2
 
 
-@pytest.mark.parametrize("failing", ["search", "dead_letters"])
-def test_a_failing_sink_rolls_back_the_whole_batch(engine, failing: str) -> None:
-    letters = Letters(fail=failing == "dead_letters")
-    index = Index(fail=failing == "search")
+def test_a_failing_dead_letter_topic_rolls_back_the_whole_batch(engine) -> None:
+    letters, index = Letters(fail=True), Index()
     batch = [Message(event(1, 0), 1), Message(b"not json", 2)]
     with pytest.raises(TransientError):
         processor(engine, letters, index).process(batch)
     assert count(engine, "events") == 0
     assert count(engine, "sessions") == 0
     assert count(engine, "traffic_minute") == 0
+    assert index.events == {}  # nothing of a rolled-back attempt reaches OpenSearch
     # the retry succeeds once the sink is back, and stores everything
-    letters.fail = index.fail = False
+    letters.fail = False
     report = processor(engine, letters, index).process(batch)
     assert (report.stored, report.dead_lettered) == (1, 1)
+    assert set(index.events) == {"20000000-0000-4000-8000-000000000001"}
+
+
+def test_opensearch_failing_after_the_commit_is_retried_from_the_stored_copies(engine) -> None:
+    letters, index = Letters(), Index(fail=True)
+    run = processor(engine, letters, index)
+    batch = [Message(event(1, 0), 1), Message(event(2, 10), 2), Message(b"not json", 3)]
+    with pytest.raises(TransientError):
+        run.process(batch)
+    # SQL committed (the offsets were not): the retry finds the events stored
+    assert count(engine, "events") == 2
+    assert index.events == {}
+    index.fail = False
+    report = run.process(batch)
+    # counted as stored once, as if the first attempt had succeeded; not as duplicates
+    assert (report.consumed, report.stored, report.duplicates) == (3, 2, 0)
+    assert set(index.events) == {
+        "20000000-0000-4000-8000-000000000001",
+        "20000000-0000-4000-8000-000000000002",
+    }
+    # the document made from the stored row equals the one made from the validated event
+    assert index.events["20000000-0000-4000-8000-000000000002"] == index_of(event(2, 10))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT sum(events) FROM traffic_minute")).scalar_one() == 2
+    # a later redelivery is a plain duplicate again
+    again = run.process(batch)
+    assert (again.stored, again.duplicates) == (0, 2)
+
+
+def test_opensearch_holds_the_stored_copy_when_an_attempt_with_another_copy_rolled_back(
+    engine,
+) -> None:
+    # Two copies of one event_id from two visitors (so from two partitions in Kafka): the
+    # first attempt with copy A rolls back (here: the dead-letter topic fails), copy B is
+    # stored meanwhile, and the retry finds A a duplicate. OpenSearch must hold B, the stored
+    # copy. (Indexing A before its transaction committed left A there for good.)
+    same_id = 7
+    copy_a = event(same_id, 0, user_id="visitor-a", page_url="https://shop.example/a")
+    copy_b = event(same_id, 0, user_id="visitor-b", page_url="https://shop.example/b")
+    letters, index = Letters(fail=True), Index()
+    batch_a = [Message(copy_a, 1, b"visitor-a"), Message(b"not json", 2, b"visitor-a")]
+    with pytest.raises(TransientError):
+        processor(engine, letters, index).process(batch_a)
+    letters.fail = False
+    stored = processor(engine, letters, index).process([Message(copy_b, 9, b"visitor-b")])
+    assert stored.stored == 1
+    retried = processor(engine, letters, index).process(batch_a)
+    assert (retried.stored, retried.duplicates, retried.dead_lettered) == (0, 1, 1)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT page_url FROM events")).scalar_one() == (
+            "https://shop.example/b"
+        )
+    (doc,) = index.events.values()
+    assert (doc["page_url"], doc["user_id"]) == ("https://shop.example/b", "visitor-b")
 
 
 def test_a_document_the_search_sink_rejects_is_dead_lettered_but_stays_in_sql(engine) -> None:
