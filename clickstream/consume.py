@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -31,7 +32,13 @@ from clickstream.db.models import Base
 from clickstream.dead_letters import KafkaDeadLetterSink
 from clickstream.errors import ClickstreamError, ConfigError, TransientError
 from clickstream.kafka import kafka_client_config, librdkafka_logger, require_topic
-from clickstream.pipeline import BatchProcessor, BatchReport, SearchIndex
+from clickstream.pipeline import (
+    BatchProcessor,
+    BatchReport,
+    DeadLetter,
+    SearchIndex,
+    StoredBatch,
+)
 from clickstream.settings import Settings, load_settings
 from clickstream.store import SessionRules
 
@@ -329,8 +336,10 @@ def run(
         dead_letters=dead_letters,
         search=search,
     )
-    consumer.subscribe([settings.topic], on_assign=_on_assign, on_revoke=_on_revoke)
     progress = _Progress(options.progress_interval)
+    inflight = _Inflight(consumer, processor, progress) if search is not None else None
+    on_revoke = inflight.on_revoke if inflight is not None else _on_revoke
+    consumer.subscribe([settings.topic], on_assign=_on_assign, on_revoke=on_revoke)
     _log.info(
         "consuming %s as group %s into %s%s",
         settings.topic,
@@ -347,6 +356,7 @@ def run(
             stop,
             topic=settings.topic,
             serve=dead_letters.serve,
+            inflight=inflight,
         )
     finally:
         progress.maybe_log(consumer, force=True)
@@ -420,7 +430,8 @@ def _on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
 
 
 def _on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-    # Batches are processed and committed between polls, so nothing is in flight here.
+    # Batches are processed and committed between polls (a batch being indexed is settled
+    # first, see _Inflight.on_revoke), so nothing is in flight here.
     _log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
 
 
@@ -517,17 +528,95 @@ def _loop(
     *,
     topic: str,
     serve: Callable[[], None] = lambda: None,
+    inflight: _Inflight | None = None,
 ) -> None:
     if processor.search is None:
         _consume(consumer, processor, options, progress, stop, sync=None, topic=topic, serve=serve)
         return
+    if inflight is None:
+        inflight = _Inflight(consumer, processor, progress)
     sync = _SearchSync(processor, options.search_sync_interval)
     sync.start()
     try:
-        _consume(consumer, processor, options, progress, stop, sync=sync, topic=topic, serve=serve)
+        _consume(
+            consumer,
+            processor,
+            options,
+            progress,
+            stop,
+            sync=sync,
+            topic=topic,
+            serve=serve,
+            inflight=inflight,
+        )
     finally:
+        inflight.close()
         sync.close()
     sync.check()
+
+
+class _Inflight:
+    """The batch whose SQL is committed and whose events a thread is indexing into OpenSearch.
+
+    Only committed rows may reach OpenSearch, so a batch is indexed after its SQL commit; to
+    keep OpenSearch and PostgreSQL busy at the same time, the loop stores batch *n + 1* while
+    this indexes batch *n*. Batch *n*'s offsets are committed once its indexing finished, and
+    before batch *n + 1*'s starts (one batch at a time). A batch whose indexing fails is
+    rewound by the loop, with whatever it read after it: their events are redelivered, SQL
+    finds them stored, and the retry indexes their stored copies.
+    """
+
+    def __init__(self, consumer: Consumer, processor: BatchProcessor, progress: _Progress) -> None:
+        self._consumer = consumer
+        self._processor = processor
+        self._progress = progress
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="index-events")
+        self._pending: tuple[Sequence[Message], StoredBatch, Future[list[DeadLetter]]] | None = None
+
+    def start(self, batch: Sequence[Message], stored: StoredBatch) -> None:
+        """Index ``stored`` in the thread; call :meth:`settle` first if a batch is pending."""
+        if self._pending is not None:
+            msg = "a batch is still being indexed"
+            raise RuntimeError(msg)
+        self._pending = (batch, stored, self._pool.submit(self._processor.index, stored))
+
+    def ready(self) -> bool:
+        """Whether a pending batch has finished indexing (settling it will not wait)."""
+        return self._pending is not None and self._pending[2].done()
+
+    def settle(self) -> Sequence[Message]:
+        """Wait for the pending batch; commit its offsets and count it.
+
+        Returns the batch if OpenSearch (or the dead-letter topic) was unavailable: its
+        offsets are not committed, and the caller rewinds it. Otherwise (or with nothing
+        pending) returns an empty sequence.
+        """
+        if self._pending is None:
+            return ()
+        batch, stored, future = self._pending
+        self._pending = None
+        try:
+            refused = future.result()
+            if refused:
+                self._processor.dead_letters.send(refused)
+        except TransientError as exc:
+            self._processor.owe(stored)
+            _log.warning("batch stored but not indexed (%s); it will be consumed again", exc)
+            return batch
+        _commit(self._consumer, batch)
+        self._progress.total.add(self._processor.report(stored, refused))
+        return ()
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Before partitions leave: settle the pending batch (commit its offsets)."""
+        _on_revoke(consumer, partitions)
+        failed = self.settle()
+        if failed:
+            _rewind(consumer, failed)  # the partitions this consumer keeps
+
+    def close(self) -> None:
+        """Stop the thread (after the pending batch's indexing, if any)."""
+        self._pool.shutdown(wait=True)
 
 
 def _consume(
@@ -540,18 +629,38 @@ def _consume(
     sync: _SearchSync | None,
     topic: str,
     serve: Callable[[], None],
+    inflight: _Inflight | None = None,
 ) -> None:
-    """The loop; ``serve()`` runs once per poll (the dead-letter client's log lines)."""
+    """The loop; ``serve()`` runs once per poll (the dead-letter client's log lines).
+
+    With ``inflight`` (OpenSearch on), a batch is indexed in its thread while the loop stores
+    the next one; otherwise each batch is processed and committed before the next poll.
+    """
     last_message = time.monotonic()
     last_wait_note = 0.0
     failures = 0
+
+    def retry_later(problem: Exception, batch: Sequence[Message]) -> None:
+        nonlocal failures
+        delay = _backoff(failures)
+        failures += 1
+        _log.warning("batch not stored (%s); retrying in %.1fs", problem, delay)
+        _rewind(consumer, batch)
+        stop.wait(delay)
+
     while not stop.is_set():
         if sync is not None:
             sync.check()
         serve()
+        if inflight is not None and inflight.ready() and (failed := inflight.settle()):
+            retry_later(TransientError("OpenSearch is unavailable"), failed)
+            continue
         messages = consumer.consume(options.batch_size, options.poll_timeout)
         batch = [m for m in messages if not _is_error(m)]
         if not batch:
+            if inflight is not None and (failed := inflight.settle()):
+                retry_later(TransientError("OpenSearch is unavailable"), failed)
+                continue
             progress.maybe_log(consumer)
             idle = time.monotonic() - last_message
             leaving = options.exit_when_idle is not None and idle >= options.exit_when_idle
@@ -566,19 +675,31 @@ def _consume(
                     last_wait_note = time.monotonic()
             continue
         last_message = time.monotonic()
+        if inflight is None:
+            try:
+                report = processor.process(batch)
+            except TransientError as exc:
+                retry_later(exc, batch)
+                continue
+            failures = 0
+            _commit(consumer, batch)
+            progress.total.add(report)
+            progress.maybe_log(consumer)
+            continue
         try:
-            report = processor.process(batch)
+            stored = processor.store(batch)
         except TransientError as exc:
-            delay = _backoff(failures)
-            failures += 1
-            _log.warning("batch not stored (%s); retrying in %.1fs", exc, delay)
-            _rewind(consumer, batch)
-            stop.wait(delay)
+            retry_later(exc, [*inflight.settle(), *batch])
+            continue
+        if failed := inflight.settle():
+            processor.owe(stored)  # stored, but read again with the batch before it
+            retry_later(TransientError("OpenSearch is unavailable"), [*failed, *batch])
             continue
         failures = 0
-        _commit(consumer, batch)
-        progress.total.add(report)
+        inflight.start(batch, stored)
         progress.maybe_log(consumer)
+    if inflight is not None:
+        inflight.settle()  # stopping: commit the last batch if it was indexed
 
 
 def _sync(processor: BatchProcessor, *, wait: bool) -> bool:

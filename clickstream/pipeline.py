@@ -57,6 +57,7 @@ __all__ = [
     "IncomingMessage",
     "Rejection",
     "SearchIndex",
+    "StoredBatch",
 ]
 
 _log = logging.getLogger(__name__)
@@ -167,6 +168,20 @@ def _dead_letter(message: IncomingMessage, reason: str, detail: str) -> DeadLett
 
 
 @dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """A batch committed in SQL (steps 1-4), with what indexing and counting it needs."""
+
+    consumed: int
+    outcome: BatchOutcome
+    copies: list[dict[str, Any]]
+    """The stored copies of the batch's duplicates (with OpenSearch on), to index again."""
+    letters: list[DeadLetter]
+    """Dead letters already sent: invalid messages, events the database refused."""
+    sources: dict[str, IncomingMessage]
+    """The first message of each valid ``event_id`` of the batch."""
+
+
+@dataclass(frozen=True, slots=True)
 class BatchProcessor:
     """Everything one batch needs: the SQL engine, the session rules and the other sinks."""
 
@@ -184,10 +199,31 @@ class BatchProcessor:
     def process(self, messages: Sequence[IncomingMessage]) -> BatchReport:
         """Process one batch to the point where its offsets may be committed.
 
+        The same as :meth:`store`, then :meth:`index`, sending what OpenSearch refused to the
+        dead-letter topic, then :meth:`report`. (The consumer runs :meth:`index` of one batch
+        in a thread while it stores the next.)
+
         Raises:
             TransientError: a sink is unavailable; the offsets must not be committed and the
                 whole batch should be retried later (events stored before OpenSearch failed
                 are then duplicates, whose stored copies the retry indexes).
+        """
+        stored = self.store(messages)
+        try:
+            refused = self.index(stored)
+            if refused:
+                self.dead_letters.send(refused)
+        except BaseException:
+            self.owe(stored)
+            raise
+        return self.report(stored, refused)
+
+    def store(self, messages: Sequence[IncomingMessage]) -> StoredBatch:
+        """Steps 1-4: validate, write and commit the batch in SQL, send its dead letters.
+
+        Raises:
+            TransientError: the database or the dead-letter topic is unavailable; nothing
+                was committed.
         """
         now = self.clock()
         valid: list[PositionedEvent] = []
@@ -204,41 +240,67 @@ class BatchProcessor:
             sources.setdefault(event.event_id, message)
             valid.append(PositionedEvent(event, message.partition() or 0, message.offset() or 0))
         try:
-            outcome = self._commit(valid, letters, sources)
+            outcome, copies = self._commit(valid, letters)
         except DBAPIError as exc:
             # A value the database refuses although it passed validation: isolate the culprits.
             _log.warning("the database refused a batch (%s); storing events one by one", exc.orig)
-            outcome = self._commit_one_by_one(valid, letters, sources)
-        stored, duplicates = len(outcome.new_events), outcome.duplicates
+            outcome, copies = self._commit_one_by_one(valid, letters, sources)
+        return StoredBatch(len(messages), outcome, copies, letters, sources)
+
+    def index(self, stored: StoredBatch) -> list[DeadLetter]:
+        """Step 5: index the batch's committed events; return dead letters of the refused ones.
+
+        Indexes the new events and the stored copies of the duplicates. The letters are for
+        the caller to send. Uses only the search sink, so it may run in another thread.
+
+        Raises:
+            TransientError: OpenSearch is unavailable; the batch must be retried.
+        """
+        search = self.search
+        new_events, copies = stored.outcome.new_events, stored.copies
+        if search is None or not (new_events or copies):
+            return []
+        rejected = [*search.index_click_events(new_events)]
+        if copies:
+            rejected += search.index_events(copies)
+        return _rejected_events(rejected, stored.sources)
+
+    def report(self, stored: StoredBatch, refused: Sequence[DeadLetter] = ()) -> BatchReport:
+        """The counts of a batch whose offsets are about to be committed."""
+        outcome = stored.outcome
+        new, duplicates = len(outcome.new_events), outcome.duplicates
         if self._owed and duplicates:
-            again = self._owed.intersection(item.event.event_id for item in valid)
+            again = self._owed.intersection(stored.sources)
             self._owed.difference_update(again)
-            stored, duplicates = stored + len(again), duplicates - len(again)
+            new, duplicates = new + len(again), duplicates - len(again)
         report = BatchReport(
-            consumed=len(messages),
-            stored=stored,
+            consumed=stored.consumed,
+            stored=new,
             duplicates=duplicates,
-            dead_lettered=len(letters),
+            dead_lettered=len(stored.letters) + len(refused),
             sessions_written=len(outcome.sessions.upserted),
             sessions_deleted=len(outcome.sessions.deleted),
             slow_path_users=outcome.slow_path_users,
         )
-        for letter in letters:
+        for letter in (*stored.letters, *refused):
             report.reasons[letter.reason] = report.reasons.get(letter.reason, 0) + 1
         return report
 
+    def owe(self, stored: StoredBatch) -> None:
+        """Note a batch committed in SQL whose offsets will not be committed (it is retried)."""
+        event_ids = [event.event_id for event in stored.outcome.new_events]
+        if len(self._owed) + len(event_ids) > _MAX_OWED:
+            self._owed.clear()  # partitions moved away: their retries happen elsewhere
+        self._owed.update(event_ids)
+
     def _commit(
-        self,
-        valid: Sequence[PositionedEvent],
-        letters: list[DeadLetter],
-        sources: Mapping[str, IncomingMessage],
-    ) -> BatchOutcome:
-        search = self.search
+        self, valid: Sequence[PositionedEvent], letters: Sequence[DeadLetter]
+    ) -> tuple[BatchOutcome, list[dict[str, Any]]]:
         copies: list[dict[str, Any]] = []
         try:
             with self.engine.begin() as conn:
                 outcome = write_batch(conn, events=valid, rules=self.rules)
-                if search is not None:
+                if self.search is not None:
                     outbox.enqueue(conn, [*outcome.sessions.upserted, *outcome.sessions.deleted])
                     if outcome.duplicates:
                         new = {event.event_id for event in outcome.new_events}
@@ -252,46 +314,29 @@ class BatchProcessor:
                 msg = f"the database is unavailable: {exc.orig}"
                 raise TransientError(msg) from exc
             raise
-        if search is not None and (outcome.new_events or copies):
-            try:
-                rejected = [*search.index_click_events(outcome.new_events)]
-                if copies:
-                    rejected += search.index_events(copies)
-                refused = _rejected_events(rejected, sources)
-                if refused:
-                    self.dead_letters.send(refused)
-            except BaseException:
-                self._owe([event.event_id for event in outcome.new_events])
-                raise
-            letters.extend(refused)
-        return outcome
-
-    def _owe(self, event_ids: Sequence[str]) -> None:
-        if len(self._owed) + len(event_ids) > _MAX_OWED:
-            self._owed.clear()  # partitions moved away: their retries happen elsewhere
-        self._owed.update(event_ids)
+        return outcome, copies
 
     def _commit_one_by_one(
         self,
         valid: Sequence[PositionedEvent],
         letters: list[DeadLetter],
         sources: Mapping[str, IncomingMessage],
-    ) -> BatchOutcome:
+    ) -> tuple[BatchOutcome, list[dict[str, Any]]]:
         total = BatchOutcome()
-        sent: list[DeadLetter] = []  # documents OpenSearch refused, dead-lettered by _commit
+        copies: list[dict[str, Any]] = []
         for item in valid:
-            refused: list[DeadLetter] = []
             try:
-                total.add(self._commit([item], refused, sources))
+                outcome, more = self._commit([item], ())
             except DBAPIError as exc:
                 source = sources[item.event.event_id]
                 detail = f"database: {exc.orig}"
                 letters.append(_dead_letter(source, Reason.REJECTED_BY_SINK, detail))
-            sent.extend(refused)
+                continue
+            total.add(outcome)
+            copies.extend(more)
         if letters:
             self.dead_letters.send(letters)
-        letters.extend(sent)
-        return total
+        return total, copies
 
     def sync_search(self, *, wait: bool = False) -> int:
         """Bring OpenSearch's session documents in line with committed SQL state.
