@@ -1266,7 +1266,7 @@ def _print_throughput(result: Throughput) -> None:
             )
     print()
     for name, value, goal in _ratios(result):
-        shown = f"{value:,.1f}x" if value >= 2 else f"{value:.0%}"
+        shown = f"{value:,.1f}x" if value >= 2 else f"{value:.1%}"
         print(f"{name}: {shown}  ({goal})")
     if result.hot_spots:
         print("\nhot spots of the consumer thread (cProfile, a separate unmeasured run):")

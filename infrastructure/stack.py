@@ -266,31 +266,22 @@ class ClickstreamServices(pulumi.ComponentResource):
             )
             return pulumi.Output.secret(uri)
 
-        owner = aiven.PgUser(
-            "pg-user-owner",
-            project=cfg.aiven_project,
-            service_name=pg.service_name,
-            username=cfg.pg_owner_user,
-            opts=child,
-        )
-        app = aiven.PgUser(
-            "pg-user-app",
-            project=cfg.aiven_project,
-            service_name=pg.service_name,
-            username=cfg.pg_app_user,
-            opts=child,
-        )
-        reader = aiven.PgUser(
-            "pg-user-reader",
-            project=cfg.aiven_project,
-            service_name=pg.service_name,
-            username=cfg.pg_reader_user,
-            opts=child,
-        )
+        users = {
+            OutputKey.PG_OWNER_URI: ("owner", cfg.pg_owner_user),
+            OutputKey.PG_APP_URI: ("app", cfg.pg_app_user),
+            OutputKey.PG_READER_URI: ("reader", cfg.pg_reader_user),
+        }
         return {
-            OutputKey.PG_OWNER_URI: uri_of(owner),
-            OutputKey.PG_APP_URI: uri_of(app),
-            OutputKey.PG_READER_URI: uri_of(reader),
+            key: uri_of(
+                aiven.PgUser(
+                    f"pg-user-{role}",
+                    project=cfg.aiven_project,
+                    service_name=pg.service_name,
+                    username=username,
+                    opts=child,
+                )
+            )
+            for key, (role, username) in users.items()
         }
 
     def _opensearch(
