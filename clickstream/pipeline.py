@@ -155,6 +155,10 @@ class BatchReport:
             self.reasons[reason] = self.reasons.get(reason, 0) + count
 
 
+def _position(message: IncomingMessage) -> tuple[str, int, int]:
+    return message.topic() or "", message.partition() or 0, message.offset() or 0
+
+
 def _dead_letter(message: IncomingMessage, reason: str, detail: str) -> DeadLetter:
     return DeadLetter(
         key=message.key(),
@@ -191,10 +195,14 @@ class BatchProcessor:
     future_tolerance: timedelta
     dead_letters: DeadLetterSink
     search: SearchIndex | None = None
-    _owed: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
-    """Ids of events stored by a batch that then failed in step 5: when the retry finds them
-    as duplicates, the report counts them as stored (once), as if the first attempt had
-    succeeded. Only counts depend on it; it is emptied if it ever grows past a bound."""
+    _owed: set[tuple[str, int, int]] = field(
+        default_factory=set, init=False, repr=False, compare=False
+    )
+    """Where (topic, partition, offset) the events are that a batch stored and that then
+    failed in step 5: when this process reads those messages again and finds them stored,
+    the report counts them as stored (once), as if the first attempt had succeeded. Only
+    counts depend on it: a partition that moved to another consumer meanwhile is counted
+    there as duplicates. It is emptied if it ever grows past a bound."""
 
     def process(self, messages: Sequence[IncomingMessage]) -> BatchReport:
         """Process one batch to the point where its offsets may be committed.
@@ -270,7 +278,7 @@ class BatchProcessor:
         outcome = stored.outcome
         new, duplicates = len(outcome.new_events), outcome.duplicates
         if self._owed and duplicates:
-            again = self._owed.intersection(stored.sources)
+            again = self._owed.intersection(map(_position, stored.sources.values()))
             self._owed.difference_update(again)
             new, duplicates = new + len(again), duplicates - len(again)
         report = BatchReport(
@@ -288,10 +296,10 @@ class BatchProcessor:
 
     def owe(self, stored: StoredBatch) -> None:
         """Note a batch committed in SQL whose offsets will not be committed (it is retried)."""
-        event_ids = [event.event_id for event in stored.outcome.new_events]
-        if len(self._owed) + len(event_ids) > _MAX_OWED:
+        positions = [_position(stored.sources[e.event_id]) for e in stored.outcome.new_events]
+        if len(self._owed) + len(positions) > _MAX_OWED:
             self._owed.clear()  # partitions moved away: their retries happen elsewhere
-        self._owed.update(event_ids)
+        self._owed.update(positions)
 
     def _commit(
         self, valid: Sequence[PositionedEvent], letters: Sequence[DeadLetter]

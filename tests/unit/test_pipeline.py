@@ -473,3 +473,23 @@ def test_a_fatal_drain_error_reaches_the_loop() -> None:
     with pytest.raises(SinkError):
         sync.check()
     sync.close()
+
+
+def test_only_the_same_messages_read_again_count_as_stored_after_a_failed_index(engine) -> None:
+    # The batch with copy A is stored, then OpenSearch fails: its offsets are not committed.
+    # Another visitor's copy B of the same event_id, at another offset, is a duplicate; only
+    # copy A read again at its own offset counts as the event stored (once).
+    copy_a = event(5, 0, user_id="visitor-a")
+    copy_b = event(5, 0, user_id="visitor-b", page_url="https://shop.example/b")
+    letters, index = Letters(), Index(fail=True)
+    run = processor(engine, letters, index)
+    with pytest.raises(TransientError):
+        run.process([Message(copy_a, 1, b"visitor-a")])
+    index.fail = False
+    other = run.process([Message(copy_b, 7, b"visitor-b")])
+    assert (other.stored, other.duplicates) == (0, 1)
+    again = run.process([Message(copy_a, 1, b"visitor-a")])
+    assert (again.stored, again.duplicates) == (1, 0)
+    assert count(engine, "events") == 1
+    (doc,) = index.events.values()
+    assert doc["user_id"] == "visitor-a"
