@@ -38,8 +38,8 @@ class _NoTraceback(logging.Filter):
 def configure_logging(level: str) -> None:
     """Log to stderr with timestamps; stdout stays free for results and summaries.
 
-    Below ``DEBUG``, the OpenSearch client's warnings keep their message but lose the
-    traceback it attaches to every failed request.
+    At ``INFO`` and above, the OpenSearch client's warnings keep their message but lose the
+    traceback it attaches to every failed request (``DEBUG`` keeps it).
     """
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
     search_log = logging.getLogger("opensearch")

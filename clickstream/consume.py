@@ -430,8 +430,8 @@ def _on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
 
 
 def _on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-    # Batches are processed and committed between polls (a batch being indexed is settled
-    # first, see _Inflight.on_revoke), so nothing is in flight here.
+    # Batches are processed and committed between polls; a batch being indexed is settled
+    # first (_Inflight.on_revoke), so nothing is in flight here.
     _log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
 
 
@@ -571,6 +571,7 @@ class _Inflight:
         self._processor = processor
         self._progress = progress
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="index-events")
+        self._failed: list[Message] = []
         self._pending: tuple[Sequence[Message], StoredBatch, Future[list[DeadLetter]]] | None = None
 
     def start(self, batch: Sequence[Message], stored: StoredBatch) -> None:
@@ -608,11 +609,18 @@ class _Inflight:
         return ()
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Before partitions leave: settle the pending batch (commit its offsets)."""
+        """Before partitions leave: settle the pending batch (commit its offsets).
+
+        A batch whose indexing failed is kept for :meth:`take_failed`: the loop rewinds it
+        together with what ``consume()`` returns after this callback, and backs off.
+        """
         _on_revoke(consumer, partitions)
-        failed = self.settle()
-        if failed:
-            _rewind(consumer, failed)  # the partitions this consumer keeps
+        self._failed = [*self._failed, *self.settle()]
+
+    def take_failed(self) -> Sequence[Message]:
+        """The batch that failed while being settled in a rebalance, if any (once)."""
+        failed, self._failed = self._failed, []
+        return failed
 
     def close(self) -> None:
         """Stop the thread (after the pending batch's indexing, if any)."""
@@ -657,6 +665,10 @@ def _consume(
             continue
         messages = consumer.consume(options.batch_size, options.poll_timeout)
         batch = [m for m in messages if not _is_error(m)]
+        if inflight is not None and (failed := inflight.take_failed()):
+            # settled in a rebalance during consume(): read it again, with what came after it
+            retry_later(TransientError("OpenSearch is unavailable"), [*failed, *batch])
+            continue
         if not batch:
             if inflight is not None and (failed := inflight.settle()):
                 retry_later(TransientError("OpenSearch is unavailable"), failed)

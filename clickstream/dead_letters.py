@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -54,6 +55,7 @@ class KafkaDeadLetterSink:
         """Create an idempotent producer for ``settings.dlq_topic``."""
         self._topic = settings.dlq_topic
         self._flush_timeout = flush_timeout
+        self._lock = threading.Lock()
         self._failures: list[str] = []
         self._fatal: list[str] = []
         self._producer = Producer(
@@ -86,11 +88,18 @@ class KafkaDeadLetterSink:
     def send(self, letters: Sequence[DeadLetter]) -> None:
         """Produce every letter and wait until all are acknowledged.
 
+        Thread-safe: the consume loop and the search outbox's drainer both send letters; one
+        call at a time runs (the delivery reports of one call must not be judged by another).
+
         Raises:
             TransientError: a letter was not acknowledged within the timeout.
             DeliveryError: the broker refuses dead letters for good (authorization, a fatal
                 producer error); the message says which.
         """
+        with self._lock:
+            self._send(letters)
+
+    def _send(self, letters: Sequence[DeadLetter]) -> None:
         self._failures.clear()
         self._fatal.clear()
         self._too_large.clear()
@@ -203,7 +212,8 @@ class KafkaDeadLetterSink:
 
     def close(self) -> None:
         """Flush what is pending."""
-        self._producer.flush(self._flush_timeout)
+        with self._lock:
+            self._producer.flush(self._flush_timeout)
 
 
 def fit(letter: DeadLetter) -> DeadLetter:

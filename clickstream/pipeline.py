@@ -230,8 +230,10 @@ class BatchProcessor:
         """Steps 1-4: validate, write and commit the batch in SQL, send its dead letters.
 
         Raises:
-            TransientError: the database or the dead-letter topic is unavailable; nothing
-                was committed.
+            TransientError: the database or the dead-letter topic is unavailable; the batch
+                should be retried. Nothing was committed, except after the database refused
+                the batch and it went on event by event: the events committed by then are
+                duplicates in the retry.
         """
         now = self.clock()
         valid: list[PositionedEvent] = []
@@ -296,7 +298,10 @@ class BatchProcessor:
 
     def owe(self, stored: StoredBatch) -> None:
         """Note a batch committed in SQL whose offsets will not be committed (it is retried)."""
-        positions = [_position(stored.sources[e.event_id]) for e in stored.outcome.new_events]
+        self._owe(stored.outcome.new_events, stored.sources)
+
+    def _owe(self, events: Sequence[ClickEvent], sources: Mapping[str, IncomingMessage]) -> None:
+        positions = [_position(sources[event.event_id]) for event in events]
         if len(self._owed) + len(positions) > _MAX_OWED:
             self._owed.clear()  # partitions moved away: their retries happen elsewhere
         self._owed.update(positions)
@@ -332,18 +337,22 @@ class BatchProcessor:
     ) -> tuple[BatchOutcome, list[dict[str, Any]]]:
         total = BatchOutcome()
         copies: list[dict[str, Any]] = []
-        for item in valid:
-            try:
-                outcome, more = self._commit([item], ())
-            except DBAPIError as exc:
-                source = sources[item.event.event_id]
-                detail = f"database: {exc.orig}"
-                letters.append(_dead_letter(source, Reason.REJECTED_BY_SINK, detail))
-                continue
-            total.add(outcome)
-            copies.extend(more)
-        if letters:
-            self.dead_letters.send(letters)
+        try:
+            for item in valid:
+                try:
+                    outcome, more = self._commit([item], ())
+                except DBAPIError as exc:
+                    source = sources[item.event.event_id]
+                    detail = f"database: {exc.orig}"
+                    letters.append(_dead_letter(source, Reason.REJECTED_BY_SINK, detail))
+                    continue
+                total.add(outcome)
+                copies.extend(more)
+            if letters:
+                self.dead_letters.send(letters)
+        except BaseException:
+            self._owe(total.new_events, sources)  # committed one by one before the failure
+            raise
         return total, copies
 
     def sync_search(self, *, wait: bool = False) -> int:
