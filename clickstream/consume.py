@@ -597,15 +597,12 @@ class _Inflight:
         batch, stored, future = self._pending
         self._pending = None
         try:
-            refused = future.result()
-            if refused:
-                self._processor.dead_letters.send(refused)
+            report = self._processor.complete(stored, future.result)
         except TransientError as exc:
-            self._processor.owe(stored)
             _log.warning("batch stored but not indexed (%s); it will be consumed again", exc)
             return batch
         _commit(self._consumer, batch)
-        self._progress.total.add(self._processor.report(stored, refused))
+        self._progress.total.add(report)
         return ()
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

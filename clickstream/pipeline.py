@@ -207,9 +207,8 @@ class BatchProcessor:
     def process(self, messages: Sequence[IncomingMessage]) -> BatchReport:
         """Process one batch to the point where its offsets may be committed.
 
-        The same as :meth:`store`, then :meth:`index`, sending what OpenSearch refused to the
-        dead-letter topic, then :meth:`report`. (The consumer runs :meth:`index` of one batch
-        in a thread while it stores the next.)
+        The same as :meth:`store`, then :meth:`index` and :meth:`complete`. (The consumer
+        runs :meth:`index` of one batch in a thread while it stores the next.)
 
         Raises:
             TransientError: a sink is unavailable; the offsets must not be committed and the
@@ -217,14 +216,7 @@ class BatchProcessor:
                 are then duplicates, whose stored copies the retry indexes).
         """
         stored = self.store(messages)
-        try:
-            refused = self.index(stored)
-            if refused:
-                self.dead_letters.send(refused)
-        except BaseException:
-            self.owe(stored)
-            raise
-        return self.report(stored, refused)
+        return self.complete(stored, lambda: self.index(stored))
 
     def store(self, messages: Sequence[IncomingMessage]) -> StoredBatch:
         """Steps 1-4: validate, write and commit the batch in SQL, send its dead letters.
@@ -275,7 +267,23 @@ class BatchProcessor:
             rejected += search.index_events(copies)
         return _rejected_events(rejected, stored.sources)
 
-    def report(self, stored: StoredBatch, refused: Sequence[DeadLetter] = ()) -> BatchReport:
+    def complete(self, stored: StoredBatch, indexed: Callable[[], list[DeadLetter]]) -> BatchReport:
+        """The end of step 5: send what OpenSearch refused, and count the batch.
+
+        ``indexed()`` gives the letters of :meth:`index` (or waits for them, when it ran in
+        another thread). If it or the dead-letter topic fails, the batch is owed (see
+        :meth:`owe`) and the error is raised: its offsets must not be committed.
+        """
+        try:
+            refused = indexed()
+            if refused:
+                self.dead_letters.send(refused)
+        except BaseException:
+            self.owe(stored)
+            raise
+        return self._report(stored, refused)
+
+    def _report(self, stored: StoredBatch, refused: Sequence[DeadLetter]) -> BatchReport:
         """The counts of a batch whose offsets are about to be committed."""
         outcome = stored.outcome
         new, duplicates = len(outcome.new_events), outcome.duplicates

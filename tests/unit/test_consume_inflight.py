@@ -57,7 +57,12 @@ class Processor:
     def owe(self, stored: Any) -> None:
         self.owed.append(stored)
 
-    def report(self, stored: Any, refused: Any = ()) -> BatchReport:
+    def complete(self, stored: Any, indexed: Any) -> BatchReport:
+        try:
+            indexed()
+        except BaseException:
+            self.owe(stored)
+            raise
         return BatchReport(consumed=len(stored), stored=len(stored))
 
 
