@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+COMPILED := $(VENV)/.compiled
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -13,17 +14,26 @@ help: ## List the commands
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip 'setuptools>=77'
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install the package with its dev extras
+# The traffic simulator compiled with mypyc (setup.py): the producer's speed. Rebuilt when the
+# source changes; if it cannot be built, the pure-Python module runs (the same events, slower).
+$(COMPILED): $(STAMP) setup.py clickstream/simulator.py
+	@echo "compiling clickstream/simulator.py with mypyc (about a minute; log: build/mypyc.log)"
+	@mkdir -p build
+	@if CLICKSTREAM_MYPYC=1 $(PY) setup.py build_ext --inplace > build/mypyc.log 2>&1; \
+	  then touch $(COMPILED); \
+	  else echo "warning: the simulator was not compiled (see build/mypyc.log); the pure-Python module runs"; fi
+
+install: $(STAMP) $(COMPILED) ## Create .venv, install the package with its dev extras, compile the simulator
 
 demo: install ## Run the embedded demo (no servers, no cloud account): producer, consumer, dashboard
 	$(PY) -m clickstream.demo
 
-system-deps: ## Install the Debian packages the tests need (PostgreSQL, Chromium, a JDK, Maven), if missing
-	@bash scripts/system-deps.sh
+system-deps: ## Install the Debian packages the tests need (PostgreSQL, Chromium, a JDK, Maven, a C compiler), if missing
+	@PYTHON=$(PYTHON) bash scripts/system-deps.sh
 
 stack-up: install ## Start the local stack (Kafka, PostgreSQL, OpenSearch); idempotent
 	$(PY) -m devstack up
@@ -31,9 +41,9 @@ stack-up: install ## Start the local stack (Kafka, PostgreSQL, OpenSearch); idem
 stack-down: install ## Stop the local stack
 	$(PY) -m devstack down
 
-test: install system-deps ## Start the local stack, run every test (unit, integration, browser, Pulumi mocks), stop the stack
+test: system-deps install ## Start the local stack, run every test (unit, integration, browser, Pulumi mocks), stop the stack
 	@$(PY) -m devstack up
-	@CLICKSTREAM_REQUIRE_SERVICES=1 $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	@CLICKSTREAM_REQUIRE_SERVICES=1 CLICKSTREAM_REQUIRE_COMPILED=1 $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	  $(PY) -m devstack down; exit $$status
 
 test-unit: install ## Quick loop: only the tests that need no services

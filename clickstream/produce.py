@@ -9,6 +9,7 @@ sends as fast as possible. See docs/producer.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import math
 import os
@@ -42,9 +43,10 @@ from clickstream.cli import add_log_level
 from clickstream.errors import ClickstreamError, ConfigError, DeliveryError, TransientError
 from clickstream.producer import COMPRESSION_TYPES, EventProducer, ProducerTuning, producer_config
 from clickstream.settings import load_settings
+from clickstream.simulator import IMPLEMENTATION as SIMULATOR_IMPLEMENTATION
 from clickstream.simulator import SimulatedEvent, SimulatorConfig, TrafficSimulator, WireEvent
 
-__all__ = ["ExitCode", "main", "parse_duration"]
+__all__ = ["GC_THRESHOLDS", "ExitCode", "main", "parse_duration", "tune_garbage_collector"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ class ExitCode(IntEnum):
 
 _DURATION_RE: Final = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)", re.ASCII)
 _DURATION_UNITS: Final = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+_DEFAULT_CONFIG: Final = SimulatorConfig()
+"""Defaults of the simulation flags (read from an instance: the compiled class has no defaults
+as class attributes)."""
 _LIVE_RATE: Final = 50.0
 """Default events per second of live traffic."""
 _MAX_DURATION_S: Final = 3650 * 86400.0
@@ -70,6 +75,13 @@ _MAX_DELIVERY_TIMEOUT_S: Final = 2_147_483.0
 """librdkafka's largest ``message.timeout.ms`` (0 would mean no timeout at all)."""
 _CHECK_EVERY: Final = 512
 """Look at the clock (progress, log lines) once per this many events."""
+GC_THRESHOLDS: Final = (10_000, 20, 100)
+"""The garbage collector's thresholds in a producer process (Python's default: 700, 10, 10).
+
+The simulator keeps every queued event of the sessions in progress alive, so by default the
+collector ran every few hundred events and took about a sixth of the compiled simulator's time
+(docs/producer.md). Nothing the producer keeps forms reference cycles at that rate; memory stays
+flat (``python -m bench.producer --soak 5``)."""
 
 
 def parse_duration(text: str) -> timedelta:
@@ -190,12 +202,12 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--conversion-rate",
         type=_fraction,
-        default=SimulatorConfig.conversion_rate,
+        default=_DEFAULT_CONFIG.conversion_rate,
         help="share of sessions that buy (default: %(default)s)",
     )
     what.add_argument(
         "--site-url",
-        default=SimulatorConfig.site_url,
+        default=_DEFAULT_CONFIG.site_url,
         help="origin of the simulated shop (default: %(default)s)",
     )
     what.add_argument(
@@ -624,6 +636,7 @@ def _main(
     except ConfigError as exc:
         logger.error("%s", exc)
         return ExitCode.BAD_CONFIGURATION
+    logger.info("simulating traffic with seed %d (simulator: %s)", seed, SIMULATOR_IMPLEMENTATION)
     total = args.count if args.count >= 0 else None
 
     def reporter() -> _Reporter:
@@ -742,5 +755,11 @@ def _restore_signal_handlers(previous: dict[int, _Handler]) -> None:
         signal.signal(signum, handler)
 
 
+def tune_garbage_collector() -> None:
+    """Set :data:`GC_THRESHOLDS` for this process (the command does, and the benchmark)."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 if __name__ == "__main__":
+    tune_garbage_collector()
     raise SystemExit(main())

@@ -24,8 +24,11 @@ the records: the producer's fast path.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import importlib
 import math
+import os
 import random
 import time
 from bisect import bisect, insort
@@ -37,8 +40,9 @@ from enum import StrEnum
 from functools import lru_cache
 from itertools import accumulate
 from json.encoder import encode_basestring as _json_string
+from pathlib import Path
 from statistics import NormalDist
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Final, NamedTuple, TypeVar
 from urllib.parse import quote_plus
 
@@ -1550,3 +1554,38 @@ def _price(rng: random.Random, median: float) -> Decimal:
     raw = rng.lognormvariate(math.log(median), 0.5)
     cents = rng.choice((99, 99, 95, 90, 0, 50))
     return Decimal(f"{max(int(raw), 1)}.{cents:02d}")
+
+
+PURE_PYTHON_VARIABLE: Final = "CLICKSTREAM_PURE_PYTHON"
+"""Set to ``1`` to run this source even when its compiled copy is built (to compare them)."""
+
+
+def _compiled_copy() -> tuple[ModuleType | None, str]:
+    """The mypyc-compiled copy of this module, if it was built from this very source.
+
+    ``make install`` compiles this file with mypyc into ``clickstream._simulator_compiled``
+    (see ``setup.py``), with the SHA-256 of the source it was built from. A copy built from
+    other source (this file was edited since) is not used, so an old build never shadows an edit.
+    """
+    if os.environ.get(PURE_PYTHON_VARIABLE) == "1":
+        return None, f"pure Python ({PURE_PYTHON_VARIABLE}=1)"
+    try:
+        compiled = importlib.import_module("clickstream._simulator_compiled")
+    except ImportError:
+        return None, "pure Python (no compiled copy: `make install` builds one)"
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    if getattr(compiled, "SOURCE_SHA256", None) != digest:
+        return None, "pure Python (the compiled copy is of an older source: run `make install`)"
+    return compiled, "compiled (mypyc)"
+
+
+IMPLEMENTATION: str = "compiled (mypyc)"
+"""Which implementation runs: ``compiled (mypyc)``, or ``pure Python (why)``."""
+if __name__ == "clickstream.simulator":  # not in the compiled copy itself
+    _COMPILED, IMPLEMENTATION = _compiled_copy()
+    if _COMPILED is not None:
+        # Every function, class and constant of the compiled copy replaces its source twin,
+        # so callers use one set of classes (the copy's functions use the copy's globals).
+        globals().update(
+            (name, value) for name, value in vars(_COMPILED).items() if not name.startswith("__")
+        )
