@@ -18,14 +18,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# The traffic simulator compiled with mypyc (setup.py): the producer's speed. Rebuilt when the
-# source changes; if it cannot be built, the pure-Python module runs (the same events, slower).
-$(COMPILED): $(STAMP) setup.py clickstream/simulator.py
+# The traffic simulator compiled with mypyc (setup.py): the producer's speed. Built again when
+# one of its sources changes (clickstream/_build_stamp.py lists them) or on `make compile`; if it
+# cannot be built, the pure-Python module runs (the same events, slower) and the outcome is
+# kept until then, so other targets do not retry it.
+COMPILED_SOURCES := setup.py $(addprefix clickstream/,simulator.py events.py errors.py _build_stamp.py)
+$(COMPILED): $(STAMP) $(COMPILED_SOURCES)
+	@$(MAKE) --no-print-directory compile
+
+compile: $(STAMP) ## Compile the traffic simulator with mypyc (again); make install does when needed
 	@echo "compiling clickstream/simulator.py with mypyc (about a minute; log: build/mypyc.log)"
 	@mkdir -p build
-	@if CLICKSTREAM_MYPYC=1 $(PY) setup.py build_ext --inplace > build/mypyc.log 2>&1; \
-	  then touch $(COMPILED); \
-	  else echo "warning: the simulator was not compiled (see build/mypyc.log); the pure-Python module runs"; fi
+	@rm -f clickstream/_simulator_compiled*.so  # a new file: a running producer keeps its copy
+	@CLICKSTREAM_MYPYC=1 $(PY) setup.py build_ext --inplace > build/mypyc.log 2>&1 || true
+	@$(PY) -c 'import clickstream.simulator as s; print("simulator:", s.IMPLEMENTATION); raise SystemExit(s.IMPLEMENTATION != "compiled (mypyc)")' \
+	  || echo "warning: the simulator is not compiled (see build/mypyc.log; a C compiler and Python's headers are needed); the pure-Python module runs"
+	@touch $(COMPILED)
 
 install: $(STAMP) $(COMPILED) ## Create .venv, install the package with its dev extras, compile the simulator
 
@@ -41,7 +49,8 @@ stack-up: install ## Start the local stack (Kafka, PostgreSQL, OpenSearch); idem
 stack-down: install ## Stop the local stack
 	$(PY) -m devstack down
 
-test: system-deps install ## Start the local stack, run every test (unit, integration, browser, Pulumi mocks), stop the stack
+test: system-deps ## Start the local stack, run every test (unit, integration, browser, Pulumi mocks), stop the stack
+	@$(MAKE) --no-print-directory install
 	@$(PY) -m devstack up
 	@CLICKSTREAM_REQUIRE_SERVICES=1 CLICKSTREAM_REQUIRE_COMPILED=1 $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
 	  $(PY) -m devstack down; exit $$status
@@ -58,4 +67,4 @@ bench: install ## Run the benchmarks against the local stack (start it with `mak
 	$(PY) -m bench.producer
 	$(PY) -m bench.consumer
 
-.PHONY: help install demo system-deps stack-up stack-down test test-unit lint bench
+.PHONY: help install compile demo system-deps stack-up stack-down test test-unit lint bench

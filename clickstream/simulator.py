@@ -24,9 +24,9 @@ the records: the producer's fast path.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import importlib
+import importlib.machinery
 import math
 import os
 import random
@@ -49,6 +49,7 @@ from urllib.parse import quote_plus
 import pydantic_core
 from faker import Faker
 
+from clickstream._build_stamp import source_digest
 from clickstream.errors import ConfigError
 from clickstream.events import ClickEvent, DeviceType, EventType, PageType
 
@@ -1558,34 +1559,46 @@ def _price(rng: random.Random, median: float) -> Decimal:
 
 PURE_PYTHON_VARIABLE: Final = "CLICKSTREAM_PURE_PYTHON"
 """Set to ``1`` to run this source even when its compiled copy is built (to compare them)."""
+_COMPILED_NAME: Final = "clickstream._simulator_compiled"
+
+
+def _is_extension(path: str | None) -> bool:
+    return path is not None and path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
 
 
 def _compiled_copy() -> tuple[ModuleType | None, str]:
-    """The mypyc-compiled copy of this module, if it was built from this very source.
+    """The mypyc-compiled copy of this module, if it was built from these very sources.
 
-    ``make install`` compiles this file with mypyc into ``clickstream._simulator_compiled``
-    (see ``setup.py``), with the SHA-256 of the source it was built from. A copy built from
-    other source (this file was edited since) is not used, so an old build never shadows an edit.
+    ``make install`` compiles a copy of this file with mypyc into an extension module,
+    ``clickstream._simulator_compiled`` (see ``setup.py``), stamped with the digest of the
+    sources it was built from (:mod:`clickstream._build_stamp`). A copy built from other
+    sources (one was edited since) is not used, so an old build never shadows an edit.
+
+    The one exception to "no I/O" and "no environment" in this module: at import it reads
+    its sources to compute the digest, and :data:`PURE_PYTHON_VARIABLE`.
     """
     if os.environ.get(PURE_PYTHON_VARIABLE) == "1":
         return None, f"pure Python ({PURE_PYTHON_VARIABLE}=1)"
     try:
-        compiled = importlib.import_module("clickstream._simulator_compiled")
+        compiled = importlib.import_module(_COMPILED_NAME)
     except ImportError:
-        return None, "pure Python (no compiled copy: `make install` builds one)"
-    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    if getattr(compiled, "SOURCE_SHA256", None) != digest:
-        return None, "pure Python (the compiled copy is of an older source: run `make install`)"
+        return None, "pure Python (no compiled copy: `make compile` builds one)"
+    if not _is_extension(getattr(compiled, "__file__", None)):
+        return None, "pure Python (the compiled copy is not an extension module: `make compile`)"
+    if getattr(compiled, "SOURCE_DIGEST", None) != source_digest(Path(__file__).parent):
+        return None, "pure Python (the compiled copy is of older sources: `make compile`)"
     return compiled, "compiled (mypyc)"
 
 
-IMPLEMENTATION: str = "compiled (mypyc)"
-"""Which implementation runs: ``compiled (mypyc)``, or ``pure Python (why)``."""
-if __name__ == "clickstream.simulator":  # not in the compiled copy itself
-    _COMPILED, IMPLEMENTATION = _compiled_copy()
+IMPLEMENTATION: str = "pure Python"
+"""Which implementation runs: ``compiled (mypyc)``, or ``pure Python (why)``. (``setup.py``
+sets it to ``compiled (mypyc)`` at the end of the copy it compiles.)"""
+if __name__ == "clickstream.simulator":  # not in the compiled copy, nor under another name
+    _COMPILED, _IMPLEMENTATION = _compiled_copy()
     if _COMPILED is not None:
         # Every function, class and constant of the compiled copy replaces its source twin,
         # so callers use one set of classes (the copy's functions use the copy's globals).
         globals().update(
             (name, value) for name, value in vars(_COMPILED).items() if not name.startswith("__")
         )
+    IMPLEMENTATION = _IMPLEMENTATION

@@ -14,7 +14,9 @@ if [ -z "$java_bin" ] || [ ! -x "$(dirname "$(readlink -f "$java_bin")")/javac" 
   need+=(openjdk-17-jdk-headless)
 fi
 command -v mvn >/dev/null 2>&1 || need+=(maven)
-command -v cc >/dev/null 2>&1 || need+=(gcc)
+# The compiler Python's build uses (sysconfig's CC: gcc, or x86_64-linux-gnu-gcc on Debian's).
+cc_bin="$("${PYTHON:-python3}" -c 'import sysconfig; print((sysconfig.get_config_var("CC") or "cc").split()[0])' 2>/dev/null || echo cc)"
+command -v "$cc_bin" >/dev/null 2>&1 || need+=(gcc)
 "${PYTHON:-python3}" -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || need+=(python3-dev)
 if [ ${#need[@]} -eq 0 ]; then

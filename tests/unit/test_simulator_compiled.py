@@ -8,7 +8,7 @@ Elsewhere (a plain ``pip install``, no compiler) the comparison is skipped, said
 
 from __future__ import annotations
 
-import hashlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -23,8 +23,10 @@ import pytest
 
 import clickstream
 from clickstream import simulator
+from clickstream._build_stamp import COMPILED_SOURCES, source_digest
 
-SOURCE = Path(clickstream.__file__).parent / "simulator.py"
+PACKAGE = Path(clickstream.__file__).parent
+SOURCE = PACKAGE / "simulator.py"
 COMPILED_NAME = "clickstream._simulator_compiled"
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 
@@ -50,7 +52,7 @@ def compiled() -> ModuleType:
     if simulator.IMPLEMENTATION != "compiled (mypyc)":
         why = f"the simulator runs as {simulator.IMPLEMENTATION}"
         if os.environ.get("CLICKSTREAM_REQUIRE_COMPILED") == "1":
-            pytest.fail(f"{why}, but CLICKSTREAM_REQUIRE_COMPILED=1 (`make install` builds it)")
+            pytest.fail(f"{why}, but CLICKSTREAM_REQUIRE_COMPILED=1 (see build/mypyc.log)")
         pytest.skip(why)
     return simulator
 
@@ -59,7 +61,7 @@ def test_the_package_runs_the_compiled_copy(compiled: ModuleType, pure: ModuleTy
     assert compiled.TrafficSimulator.__module__ == COMPILED_NAME
     assert compiled.SimulatorConfig.__module__ == COMPILED_NAME
     assert pure.TrafficSimulator.__module__ == "clickstream_simulator_source"
-    assert pure.IMPLEMENTATION == "compiled (mypyc)"  # the source's default, never swapped
+    assert pure.IMPLEMENTATION == "pure Python"  # loaded under another name: never swapped
     assert sys.modules[COMPILED_NAME].__file__.endswith(".so")
 
 
@@ -128,31 +130,71 @@ def test_compiled_and_source_make_the_same_records(
     assert [e.to_json() for e in got] == [e.to_json() for e in want]
 
 
-def _fake_copy(monkeypatch: pytest.MonkeyPatch, digest: str | None) -> ModuleType:
+EXTENSION = PACKAGE / f"_simulator_compiled{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+
+
+def _fake_copy(
+    monkeypatch: pytest.MonkeyPatch, digest: str | None, path: Path = EXTENSION
+) -> ModuleType:
     fake = ModuleType(COMPILED_NAME)
+    fake.__file__ = str(path)
     if digest is not None:
-        fake.SOURCE_SHA256 = digest  # type: ignore[attr-defined]
+        fake.SOURCE_DIGEST = digest  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, COMPILED_NAME, fake)
     return fake
 
 
-def test_a_copy_built_from_this_source_is_used(
+def test_the_stamp_covers_the_simulator_and_what_it_imports_from_the_package() -> None:
+    imported = {
+        f"{line.split()[1].removeprefix('clickstream.')}.py"
+        for line in SOURCE.read_text().splitlines()
+        if line.startswith("from clickstream.")
+    }
+    assert imported == {"_build_stamp.py", "errors.py", "events.py"}
+    assert set(COMPILED_SOURCES) == imported | {"simulator.py"}
+
+
+def test_editing_any_stamped_source_changes_the_digest(tmp_path: Path) -> None:
+    for name in COMPILED_SOURCES:
+        (tmp_path / name).write_bytes((PACKAGE / name).read_bytes())
+    digest = source_digest(tmp_path)
+    assert digest == source_digest(PACKAGE)
+    for name in COMPILED_SOURCES:
+        original = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(original + b"\n")
+        assert source_digest(tmp_path) != digest, name
+        (tmp_path / name).write_bytes(original)
+
+
+def test_a_copy_built_from_these_sources_is_used(
     pure: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CLICKSTREAM_PURE_PYTHON", raising=False)
-    fake = _fake_copy(monkeypatch, hashlib.sha256(SOURCE.read_bytes()).hexdigest())
+    fake = _fake_copy(monkeypatch, source_digest(PACKAGE))
     assert pure._compiled_copy() == (fake, "compiled (mypyc)")
 
 
 @pytest.mark.parametrize("digest", ["0" * 64, None])
-def test_a_copy_of_other_source_is_not_used(
+def test_a_copy_of_other_sources_is_not_used(
     digest: str | None, pure: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CLICKSTREAM_PURE_PYTHON", raising=False)
     _fake_copy(monkeypatch, digest)
     module, why = pure._compiled_copy()
     assert module is None
-    assert why == "pure Python (the compiled copy is of an older source: run `make install`)"
+    assert why == "pure Python (the compiled copy is of older sources: `make compile`)"
+
+
+def test_a_copy_left_as_python_source_is_not_used(
+    pure: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What an interrupted build could leave: the stamped copy as a .py file, no extension.
+    monkeypatch.delenv("CLICKSTREAM_PURE_PYTHON", raising=False)
+    _fake_copy(monkeypatch, source_digest(PACKAGE), path=PACKAGE / "_simulator_compiled.py")
+    assert pure._compiled_copy() == (
+        None,
+        "pure Python (the compiled copy is not an extension module: `make compile`)",
+    )
 
 
 def test_without_a_copy_the_source_runs(pure: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,11 +202,11 @@ def test_without_a_copy_the_source_runs(pure: ModuleType, monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, COMPILED_NAME, None)  # makes the import fail
     assert pure._compiled_copy() == (
         None,
-        "pure Python (no compiled copy: `make install` builds one)",
+        "pure Python (no compiled copy: `make compile` builds one)",
     )
 
 
 def test_the_source_can_be_asked_for(pure: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_copy(monkeypatch, hashlib.sha256(SOURCE.read_bytes()).hexdigest())
+    _fake_copy(monkeypatch, source_digest(PACKAGE))
     monkeypatch.setenv("CLICKSTREAM_PURE_PYTHON", "1")
     assert pure._compiled_copy() == (None, "pure Python (CLICKSTREAM_PURE_PYTHON=1)")
