@@ -107,13 +107,22 @@ def _simulator(module: ModuleType, scenario: dict[str, Any]) -> Any:
     )
 
 
+def _streams(
+    name: str, stream: str, count: int, *, compiled: ModuleType, pure: ModuleType
+) -> tuple[list[Any], list[Any]]:
+    """The first ``count`` items of ``stream`` (a method name) from the compiled copy and the
+    source, for the same scenario."""
+    scenario = SCENARIOS[name]
+    got = list(islice(getattr(_simulator(compiled, scenario), stream)(), count))
+    want = list(islice(getattr(_simulator(pure, scenario), stream)(), count))
+    return got, want
+
+
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_compiled_and_source_send_the_same_messages(
     name: str, compiled: ModuleType, pure: ModuleType
 ) -> None:
-    scenario = SCENARIOS[name]
-    want = list(islice(_simulator(pure, scenario).messages(), 30_000))
-    got = list(islice(_simulator(compiled, scenario).messages(), 30_000))
+    got, want = _streams(name, "messages", 30_000, compiled=compiled, pure=pure)
     assert len(got) == len(want) == 30_000
     assert got == want
 
@@ -122,9 +131,7 @@ def test_compiled_and_source_send_the_same_messages(
 def test_compiled_and_source_make_the_same_records(
     name: str, compiled: ModuleType, pure: ModuleType
 ) -> None:
-    scenario = SCENARIOS[name]
-    want = list(islice(_simulator(pure, scenario).events(), 5_000))
-    got = list(islice(_simulator(compiled, scenario).events(), 5_000))
+    got, want = _streams(name, "events", 5_000, compiled=compiled, pure=pure)
     # Records hold enums and named tuples of their own module, so compare them as written.
     assert [repr(e) for e in got] == [repr(e) for e in want]
     assert [e.to_json() for e in got] == [e.to_json() for e in want]
