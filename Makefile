@@ -19,10 +19,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The traffic simulator compiled with mypyc (setup.py): the producer's speed. Built again when
-# one of its sources changes (clickstream/_build_stamp.py lists them) or on `make compile`; if it
+# one of its sources changes (the list is read from clickstream/_build_stamp.py) or on `make compile`; if it
 # cannot be built, the pure-Python module runs (the same events, slower) and the outcome is
 # kept until then, so other targets do not retry it.
-COMPILED_SOURCES := setup.py $(addprefix clickstream/,simulator.py events.py errors.py _build_stamp.py)
+COMPILED_SOURCES := setup.py $(addprefix clickstream/,$(shell sed -n 's/^COMPILED_SOURCES: Final = (\(.*\))/\1/p' clickstream/_build_stamp.py | tr -d '",'))
 $(COMPILED): $(STAMP) $(COMPILED_SOURCES)
 	@$(MAKE) --no-print-directory compile
 
