@@ -659,6 +659,7 @@ def _main(
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return ExitCode.OK
         logger.info("wrote %d events (seed %d)", result.sent, seed)
+        _warn_if_short(result, count=args.count, backfill=args.backfill)
         return ExitCode.OK
     try:
         settings = load_settings(
@@ -719,7 +720,21 @@ def _main(
         producer.flush(timeout=5.0)
         return ExitCode.DELIVERY_FAILED
     _summary(result, where=where, seed=seed, errors=producer.stats.errors)
+    _warn_if_short(result, count=args.count, backfill=args.backfill)
     return ExitCode.OK if result.failed == 0 else ExitCode.DELIVERY_FAILED
+
+
+def _warn_if_short(result: RunResult, *, count: int, backfill: timedelta | None) -> None:
+    # A backfill is dense enough to hold --count events with a wide margin; should chance
+    # still leave the window short, say so rather than end as if all were sent.
+    if backfill is not None and not result.interrupted and result.sent < count:
+        logger.warning(
+            "the %s window held only %d of the %d events asked for: run again with another "
+            "--seed or a longer --backfill",
+            backfill,
+            result.sent,
+            count,
+        )
 
 
 def _summary(result: RunResult, *, where: str, seed: int, errors: dict[str, int]) -> None:

@@ -966,6 +966,9 @@ class TrafficSimulator:
         self._sequence = 0
         """Events made so far."""
         self._sessions = 0
+        self._samples = 4000
+        self._sample_offsets_ms: list[int] = []
+        """Event times of the estimate's sample sessions, from their starts (for backfill)."""
         self.mean_events_per_session, self.mean_session_seconds = self._estimate_sessions()
 
     @classmethod
@@ -990,15 +993,21 @@ class TrafficSimulator:
         config = config if config is not None else SimulatorConfig()
         end = clock()
         probe = cls(config, seed=seed, clock=lambda: end)
-        # Sessions that start near the end are cut short: leave room for the average one.
+        # Sessions that start near the end are cut short. Two densities allow for that; the
+        # higher one is used. The first leaves room for an average session (enough for windows
+        # of many sessions' length); the second is the expected count of events inside the
+        # window, cut sessions included, from the sample sessions' event times (needed when
+        # the window is not much longer than a session, e.g. 100 s of traffic).
         seconds = window.total_seconds()
         usable = max(seconds - probe.mean_session_seconds, seconds / 2)
+        within = probe._events_per_session_within(seconds)
+        per_second = max(count / usable, count * probe.mean_events_per_session / within / seconds)
         # A little denser than needed, so that the count is reached inside the window even
         # when chance brings fewer events (the event count of n sessions varies by about
         # 1.5 * sqrt(n) sessions' worth): the last few percent of the window stay empty.
         sessions = max(count / probe.mean_events_per_session, 1.0)
         margin = 1.0 + 5.0 / math.sqrt(sessions)
-        dense = replace(config, events_per_second=count / usable * margin)
+        dense = replace(config, events_per_second=per_second * margin)
         return cls(dense, seed=seed, clock=lambda: end, start=end - window, end=end)
 
     def __iter__(self) -> Iterator[SimulatedEvent]:
@@ -1238,7 +1247,8 @@ class TrafficSimulator:
             )
             for channel in Channel
         }
-        samples, events, span = 4000, 0, 0
+        samples, events, span = self._samples, 0, 0
+        offsets = self._sample_offsets_ms
         try:
             for _ in range(samples):
                 channel = self._channels(self._random)
@@ -1246,11 +1256,24 @@ class TrafficSimulator:
                 made = self._sequence
                 span += self._walk(someone[channel], 0, "estimate", returning=returning)
                 events += self._sequence - made
+                for bucket in self._buckets.values():
+                    offsets.extend(entry[0] for entry in bucket)
                 self._buckets.clear()
                 self._bucket_heap.clear()
         finally:
             self._random = main_random
         return events / samples, span / samples / 1000.0
+
+    def _events_per_session_within(self, seconds: float) -> float:
+        """Mean events inside a window of ``seconds`` of a session that starts in it.
+
+        The session's start is uniform over the window and the window cuts it at its end: an
+        event ``o`` seconds into a session falls inside with probability ``(seconds - o) /
+        seconds``. Estimated from the sample sessions of :meth:`_estimate_sessions`.
+        """
+        window_ms = seconds * 1000.0
+        inside = sum(window_ms - o for o in self._sample_offsets_ms if o < window_ms)
+        return max(inside / window_ms / self._samples, 1e-9)
 
     # -- visitors and sessions ----------------------------------------------------------------
 

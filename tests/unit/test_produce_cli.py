@@ -251,3 +251,24 @@ def test_producer_configuration_is_idempotent_and_batched() -> None:
     assert config["linger.ms"] == 20
     assert config["batch.size"] == 1_048_576
     assert config["message.timeout.ms"] == 120_000
+
+
+def test_a_short_backfill_window_still_holds_the_whole_count(
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    # 100 s is shorter than the average session: most sessions are cut at the window's end.
+    lines = _stdout_lines(capsysbinary, "--count", "20000", "--seed", "42", "--backfill", "100s")
+    assert len(lines) == 20_000
+
+
+def test_a_backfill_short_of_its_count_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    short = produce.RunResult(sent=90, delivered=90, failed=0, seconds=1.0, interrupted=False)
+    stopped = produce.RunResult(sent=90, delivered=90, failed=0, seconds=1.0, interrupted=True)
+    with caplog.at_level("WARNING", logger="clickstream.produce"):
+        produce._warn_if_short(stopped, count=100, backfill=timedelta(seconds=100))
+        produce._warn_if_short(short, count=90, backfill=timedelta(seconds=100))
+        produce._warn_if_short(short, count=100, backfill=None)
+        assert not caplog.records
+        produce._warn_if_short(short, count=100, backfill=timedelta(seconds=100))
+    [record] = caplog.records
+    assert "held only 90 of the 100 events" in record.getMessage()

@@ -538,12 +538,40 @@ def test_backfill_spreads_the_events_over_the_past_window() -> None:
         seed=3, clock=lambda: end, window=timedelta(hours=2), count=20_000
     )
     events = list(islice(simulator, 20_000))
-    assert len(events) > 18_000
+    assert len(events) == 20_000
     first, last = events[0].occurred_at, events[-1].occurred_at
     assert first == end - timedelta(hours=2)
     assert end - timedelta(minutes=20) < last <= end
     in_first_hour = sum(1 for e in events if e.occurred_at < end - timedelta(hours=1))
     assert 0.3 < in_first_hour / len(events) < 0.6
+
+
+@pytest.mark.parametrize(
+    ("window", "count"),
+    [
+        # Shorter than the mean session (about two minutes): most sessions are cut at the end.
+        (timedelta(seconds=10), 5_000),
+        (timedelta(seconds=100), 30_000),
+        (timedelta(minutes=3), 2_000),
+        (timedelta(minutes=10), 300),
+        (timedelta(hours=6), 40_000),
+        (timedelta(days=30), 1_000),
+    ],
+)
+def test_backfill_holds_the_count_inside_the_window(window: timedelta, count: int) -> None:
+    # The whole count, every event inside the window: none before it, none after the clock.
+    end = T0
+    events = list(
+        islice(
+            TrafficSimulator.backfill(seed=8, clock=lambda: end, window=window, count=count),
+            count + 1,
+        )
+    )
+    assert len(events) >= count
+    inside = events[:count]
+    assert inside[0].occurred_at >= end - window
+    assert inside[-1].occurred_at <= end
+    assert all(a.occurred_ms <= b.occurred_ms for a, b in pairwise(inside))
 
 
 def test_backfill_needs_a_window_and_a_count() -> None:
