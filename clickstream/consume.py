@@ -27,7 +27,7 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
 from clickstream.cli import add_log_level, configure_logging
-from clickstream.db import make_engine
+from clickstream.db import make_engine, refused_connection
 from clickstream.db.models import Base
 from clickstream.dead_letters import KafkaDeadLetterSink
 from clickstream.errors import ClickstreamError, ConfigError, TransientError
@@ -117,7 +117,8 @@ def _check_schema(engine: Engine, stop: threading.Event) -> None:
     """Wait for the database, then require every table and column this version writes.
 
     Raises:
-        ConfigError: the schema is missing or behind (``alembic upgrade head`` mends it).
+        ConfigError: the schema is missing or behind (``alembic upgrade head`` mends it), or
+            the server refused the connection for good (a wrong password, no such database).
         _Stopped: a signal arrived while the database was unavailable.
     """
     attempt = 0
@@ -125,6 +126,13 @@ def _check_schema(engine: Engine, stop: threading.Event) -> None:
         try:
             missing = _schema_gaps(engine)
         except DBAPIError as exc:
+            refused = refused_connection(exc)
+            if refused is not None:
+                msg = (
+                    f"the database refused the connection: {refused}; check "
+                    "CLICKSTREAM_DATABASE_URL (or --database-url)"
+                )
+                raise ConfigError(msg) from exc
             if stop.is_set():
                 raise _Stopped from exc
             delay = _backoff(attempt)

@@ -358,6 +358,9 @@ def _positive(text: str) -> float:
     return value
 
 
+_positive.__name__ = "float"  # argparse says "invalid float value: 'abc'"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m clickstream.demo",

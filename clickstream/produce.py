@@ -120,6 +120,9 @@ def _non_negative(text: str) -> float:
     return value
 
 
+_non_negative.__name__ = "float"  # argparse says "invalid float value: 'abc'"
+
+
 def _seconds(low: float, high: float) -> Callable[[str], float]:
     """An argparse type: a number of seconds in ``[low, high]`` (so finite)."""
 
@@ -140,6 +143,9 @@ def _fraction(text: str) -> float:
         msg = f"must lie in [0, 1], got {text}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+_fraction.__name__ = "float"  # argparse says "invalid float value: 'abc'"
 
 
 def _count(text: str) -> int:

@@ -211,6 +211,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_positive_int.__name__ = "int"  # argparse says "invalid int value: 'abc'"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m clickstream.topics``; returns the exit status."""
     args = _parser().parse_args(argv)

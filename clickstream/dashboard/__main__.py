@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from clickstream.cli import add_log_level, configure_logging
 from clickstream.dashboard.server import DashboardApp, DashboardServer
-from clickstream.db import make_engine
+from clickstream.db import make_engine, refused_connection
 from clickstream.errors import ClickstreamError, ConfigError
 from clickstream.settings import load_settings
 
@@ -32,11 +32,21 @@ def _positive(text: str) -> float:
     return value
 
 
+_positive.__name__ = "float"  # argparse says "invalid float value: 'abc'"
+
+
 def _check_schema(engine: Engine) -> None:
-    """Refuse a database without the tables; only warn when it cannot be reached yet."""
+    """Refuse a database without the tables or that refuses us; only warn when it is down."""
     try:
         tables = set(inspect(engine).get_table_names())
     except DBAPIError as exc:
+        refused = refused_connection(exc)
+        if refused is not None:
+            msg = (
+                f"the database refused the connection: {refused}; check "
+                "CLICKSTREAM_DATABASE_URL (or --database-url)"
+            )
+            raise ConfigError(msg) from exc
         _log.warning("the database is unreachable for now (%s); serving anyway", exc.orig)
         return
     missing = {"events", "sessions", "traffic_minute"} - tables

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -130,12 +131,20 @@ def _integer(query: Mapping[str, list[str]], name: str, default: int, high: int)
     return value
 
 
+_UNENCODED_PLUS: Final = re.compile(r" (\d{2}:\d{2})$")
+"""An offset typed as ``+05:30`` in an address arrives as `` 05:30``: a query's ``+`` is a space."""
+
+
 def _moment(query: Mapping[str, list[str]], name: str) -> datetime:
     raw = _single(query, name) or ""
+    text = _UNENCODED_PLUS.sub(r"+\1", raw)
     try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+        value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        msg = f"parameter {name!r} must be an RFC 3339 date-time with an offset, got {raw!r}"
+        msg = (
+            f"parameter {name!r} must be an RFC 3339 date-time with an offset, got {raw!r} "
+            "(write a '+' in an address as %2B)"
+        )
         raise _BadRequest(msg) from None
     if value.tzinfo is None:
         msg = f"parameter {name!r} needs an offset (e.g. Z or +02:00), got {raw!r}"
@@ -256,7 +265,14 @@ class DashboardApp:
                 if "minutes" in query:
                     msg = "give either 'minutes' or 'start' and 'end', not both"
                     raise _BadRequest(msg)
-                time_range = TimeRange(_moment(query, "start"), _moment(query, "end"))
+                start, end = _moment(query, "start"), _moment(query, "end")
+                if not start < end:
+                    msg = (
+                        f"'start' ({_single(query, 'start')}) must be before "
+                        f"'end' ({_single(query, 'end')})"
+                    )
+                    raise _BadRequest(msg)
+                time_range = TimeRange(start, end)
                 if time_range.seconds > MAX_MINUTES * 60:
                     msg = f"the range may span at most {MAX_MINUTES} minutes"
                     raise _BadRequest(msg)

@@ -6,15 +6,22 @@ Retention: :mod:`clickstream.db.retention`.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from clickstream.errors import ConfigError
 
-__all__ = ["CONNECT_TIMEOUT_S", "SQLITE_BUSY_TIMEOUT_MS", "make_engine", "normalize_url"]
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "make_engine",
+    "normalize_url",
+    "refused_connection",
+]
 
 CONNECT_TIMEOUT_S: Final = 10
 """Seconds a PostgreSQL connection attempt may take."""
@@ -111,3 +118,29 @@ def make_engine(
     )
     event.listen(engine, "connect", _postgres_utc)
     return engine
+
+
+# What a server says, at connection time, about settings that waiting cannot mend. libpq reports
+# these as text only (no SQLSTATE reaches the client before a session exists). PostgreSQL's own
+# English messages; a server set to another language is not recognised, and waits as before.
+_REFUSALS: Final = (
+    (re.compile(r"password authentication failed for user"), "the password or user is wrong"),
+    (re.compile(r'role "[^"]*" does not exist'), "the user does not exist"),
+    (re.compile(r'database "[^"]*" does not exist'), "the database does not exist"),
+    (re.compile(r"no pg_hba\.conf entry for"), "the server does not accept this user from here"),
+)
+
+
+def refused_connection(exc: DBAPIError) -> str | None:
+    """Why PostgreSQL refused a connection for good (wrong password, no such database), or None.
+
+    None means the failure may pass (the server is down, restarting or unreachable), so the
+    caller should wait and retry; a refusal is a configuration error.
+    """
+    text = str(exc.orig)
+    for pattern, meaning in _REFUSALS:
+        found = pattern.search(text)
+        if found is not None:
+            server_said = text[text.find("FATAL:") :].strip() if "FATAL:" in text else found[0]
+            return f"{meaning} ({' '.join(server_said.split())})"
+    return None

@@ -305,7 +305,14 @@ def _parser() -> argparse.ArgumentParser:
             "  python -m clickstream.db.retention --older-than 36h --batch-size 5000 \\\n"
             "      --database-url postgresql+psycopg://user:pw@host:5432/clickstream\n\n"
             "The database comes from --database-url, else CLICKSTREAM_DATABASE_URL, else the "
-            "Pulumi stack outputs (admin credentials)."
+            "Pulumi stack outputs (admin credentials).\n\n"
+            "What deleting history costs:\n"
+            "  - an event older than the cutoff that arrives again later (a redelivery, a\n"
+            "    replayed topic) is stored and counted as new: keep the Kafka topic's\n"
+            "    retention shorter than this age;\n"
+            "  - a session that started before the cutoff and ended after it keeps its row\n"
+            "    while its oldest events are deleted; a late event for it makes the consumer\n"
+            "    rebuild it from the events that remain."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

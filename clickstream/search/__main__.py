@@ -42,12 +42,18 @@ def _positive(text: str) -> int:
     return value
 
 
+_positive.__name__ = "int"  # argparse says "invalid int value: 'abc'"
+
+
 def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         msg = f"must be at least 0, got {value}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+_non_negative.__name__ = "int"  # argparse says "invalid int value: 'abc'"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 import re
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -395,6 +397,42 @@ def test_a_missing_topic_stops_the_consumer_with_what_to_do(
     output = log.read_text()
     assert f"the {missing} topic {absent} does not exist" in output, output[-2000:]
     assert "python -m clickstream.topics" in output
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("password", "the password or user is wrong"),
+        ("database", "the database does not exist"),
+    ],
+)
+def test_a_database_that_refuses_the_connection_stops_the_consumer_and_dashboard(
+    stack, topics, migrated_database_url, tmp_path: Path, change: str, expected: str
+) -> None:
+    # Waiting cannot mend a wrong password or database name: exit 2 with the setting to fix,
+    # where an unreachable server is waited for (test_database_outage_... below).
+    url = make_url(migrated_database_url)
+    if change == "password":
+        url = url.set(password="not-the-password")
+    else:
+        url = url.set(database=f"absent_{uuid.uuid4().hex[:8]}")
+    wrong = url.render_as_string(hide_password=False)
+    env = _env(stack, topics(1), wrong)
+    log = tmp_path / "c.log"
+    process = start_consumer(env, "--no-opensearch", "--exit-when-idle", "2", log=log)
+    assert process.wait(60) == 2
+    output = log.read_text()
+    assert expected in output, output[-2000:]
+    assert "CLICKSTREAM_DATABASE_URL" in output
+    dashboard = subprocess.run(
+        [sys.executable, "-m", "clickstream.dashboard", "--port", "0", "--database-url", wrong],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert dashboard.returncode == 2
+    assert expected in dashboard.stderr, dashboard.stderr[-2000:]
 
 
 def _host_port(url: str) -> tuple[str, int]:

@@ -148,7 +148,11 @@ def test_each_figure_has_its_own_endpoint(app: DashboardApp) -> None:
         ("start=2024-06-01T12:00:00Z", "give both"),
         ("start=2024-06-01T12:00:00&end=2024-06-01T13:00:00Z", "needs an offset"),
         ("start=yesterday&end=2024-06-01T13:00:00Z", "RFC 3339"),
-        ("start=2024-06-01T13:00:00Z&end=2024-06-01T12:00:00Z", "must be before"),
+        (
+            "start=2024-06-01T13:00:00Z&end=2024-06-01T12:00:00Z",
+            "'start' (2024-06-01T13:00:00Z) must be before 'end' (2024-06-01T12:00:00Z)",
+        ),
+        ("start=2024-06-01T12:00:00+0X:00&end=2024-06-01T13:00:00Z", "%2B"),
         (f"minutes=5&{HOUR}", "either 'minutes'"),
         ("start=2024-01-01T00:00:00Z&end=2024-06-01T00:00:00Z", "at most 44640 minutes"),
         ("bucket=week", "'minute' or 'hour'"),
@@ -162,6 +166,14 @@ def test_bad_parameters_are_answered_with_400_and_a_reason(
     body = _json(app, f"/api/kpis?{query}", HTTPStatus.BAD_REQUEST)
     assert message in body["error"]
     assert body["status"] == 400
+
+
+def test_an_offset_typed_with_an_unencoded_plus_means_plus(app: DashboardApp) -> None:
+    # In a query string "+" means a space: "+02:00" typed in the address arrives as " 02:00".
+    typed = "start=2024-06-01T14:00:00+02:00&end=2024-06-01T15:00:00+02:00"
+    encoded = "start=2024-06-01T14:00:00%2B02:00&end=2024-06-01T15:00:00%2B02:00"
+    assert _json(app, f"/api/kpis?{typed}") == _json(app, f"/api/kpis?{encoded}")
+    assert _json(app, f"/api/kpis?{typed}") == _json(app, f"/api/kpis?{HOUR}")
 
 
 def test_the_page_and_its_assets_are_served_from_the_package(app: DashboardApp) -> None:
