@@ -13,9 +13,11 @@ from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
+from alembic.util import CommandError
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
-from clickstream.db import make_engine, normalize_url
+from clickstream.db import make_engine, normalize_url, refused_connection
 from clickstream.db.models import Base, UtcDateTime
 from clickstream.settings import load_settings
 
@@ -76,7 +78,18 @@ def run_migrations_online() -> None:
     """Run the migrations against the database."""
     engine = make_engine(_database_url(), application_name="clickstream-migrations")
     try:
-        with engine.connect() as connection:
+        try:
+            connection = engine.connect()
+        except DBAPIError as exc:
+            # The alembic command prints a CommandError as one line, without a traceback.
+            server_said = " ".join(str(exc.orig).split())
+            why = refused_connection(exc) or f"it is unreachable ({server_said})"
+            msg = (
+                f"cannot connect to the database: {why}; check CLICKSTREAM_DATABASE_URL "
+                "(or the Pulumi stack outputs it came from)"
+            )
+            raise CommandError(msg) from exc
+        with connection:
             _run(connection)
     finally:
         engine.dispose()

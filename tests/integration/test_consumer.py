@@ -407,7 +407,7 @@ def test_a_missing_topic_stops_the_consumer_with_what_to_do(
     ],
 )
 def test_a_database_that_refuses_the_connection_stops_the_consumer_and_dashboard(
-    stack, topics, migrated_database_url, tmp_path: Path, change: str, expected: str
+    stack, topics, migrated_database_url, tmp_path: Path, *, change: str, expected: str
 ) -> None:
     # Waiting cannot mend a wrong password or database name: exit 2 with the setting to fix,
     # where an unreachable server is waited for (test_database_outage_... below).

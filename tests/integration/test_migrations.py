@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, inspect, select, text
+from sqlalchemy.engine import make_url
 
 from clickstream.db import make_engine
 from clickstream.db.migrate import SchemaDriftError, check, downgrade, upgrade
@@ -165,6 +166,26 @@ def test_alembic_command_line_from_the_repository_root(url: str):
         )
         assert result.returncode == 0, (args, result.stdout, result.stderr)
     assert _schema(url) == _expected_head_schema()
+
+
+@pytest.mark.integration
+def test_alembic_says_in_one_line_that_the_database_refused_the_password(database_url: str):
+    wrong = make_url(database_url).set(password="not-the-password")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CLICKSTREAM_")}
+    env["CLICKSTREAM_DATABASE_URL"] = wrong.render_as_string(hide_password=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "FAILED: cannot connect to the database: the password or user is wrong" in output
+    assert "CLICKSTREAM_DATABASE_URL" in output
+    assert "Traceback" not in output
 
 
 @pytest.mark.integration
