@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from clickstream.errors import InvalidEvent
+from clickstream.errors import ClickstreamError, InvalidEvent
 
 __all__ = [
     "EARLIEST_OCCURRED_AT",
@@ -154,15 +155,23 @@ def _after_epoch(value: datetime) -> datetime:
     return value
 
 
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+"""Control characters, never part of a URL (urlsplit silently drops tab, CR and LF)."""
+
+
 def _absolute_url(value: str, *, schemes: tuple[str, ...] | None) -> str:
+    if _CONTROL.search(value):
+        msg = "must be a URL without control characters (tab, newline, ...)"
+        raise ValueError(msg)
     try:
         parts = urlsplit(value)
         host = parts.hostname
-    except ValueError:  # e.g. an unbalanced "[" in the host
+        _port = parts.port  # refuses a port that is not a number in 0..65535
+    except ValueError:  # e.g. an unbalanced "[" in the host, port 99999
         host = None
         parts = None
     if parts is None or not parts.scheme or not host or any(c.isspace() for c in host):
-        msg = "must be an absolute URL with a host"
+        msg = "must be an absolute URL with a host (and a port, if any, in 0..65535)"
         raise ValueError(msg)
     if schemes is not None and parts.scheme.lower() not in schemes:
         msg = f"must be an absolute {' or '.join(schemes)} URL"
@@ -388,7 +397,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
         prog="python -m clickstream.events",
         description="The click event contract (v1): print its JSON Schema or validate messages.",
         epilog="Examples:\n  python -m clickstream.events --schema\n"
-        "  python -m clickstream.events --validate events.ndjson",
+        "  python -m clickstream.events --validate events.ndjson\n"
+        "  python -m clickstream.produce --stdout --count 1000 | "
+        "python -m clickstream.events --validate -\n\n"
+        "--validate reads one event per line and skips blank lines. Exit status: 0 all valid, "
+        "1 some invalid,\n2 the file cannot be read or a setting is wrong.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     group = parser.add_mutually_exclusive_group(required=True)
@@ -398,23 +411,48 @@ def _main(argv: Sequence[str] | None = None) -> int:
         metavar="FILE",
         help="validate one JSON event per line ('-' for stdin); exit 1 if any is invalid",
     )
+    parser.add_argument(
+        "--future-tolerance",
+        type=float,
+        metavar="SECONDS",
+        help="how far in the future occurred_at may lie, as the consumer allows "
+        "(default: $CLICKSTREAM_FUTURE_TOLERANCE_SECONDS or 300)",
+    )
     args = parser.parse_args(argv)
     if args.schema:
         sys.stdout.write(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")
         return 0
-    stream = sys.stdin.buffer if args.validate == "-" else Path(args.validate).open("rb")  # noqa: SIM115
+    # Only the command reads settings: the contract itself (and the simulator) does not.
+    from clickstream.settings import load_settings  # noqa: PLC0415
+
+    try:
+        tolerance = timedelta(
+            seconds=args.future_tolerance
+            if args.future_tolerance is not None
+            else load_settings().future_tolerance_seconds
+        )
+        stream = sys.stdin.buffer if args.validate == "-" else Path(args.validate).open("rb")  # noqa: SIM115
+    except (OSError, ClickstreamError, OverflowError) as exc:
+        sys.stderr.write(f"python -m clickstream.events: {exc}\n")
+        return 2
     invalid = 0
-    with stream:
-        for number, line in enumerate(stream, start=1):
-            try:
-                decode_event(
-                    line.rstrip(b"\r\n"),
-                    now=datetime.now(UTC),
-                    future_tolerance=timedelta(minutes=5),
-                )
-            except InvalidEvent as exc:
-                invalid += 1
-                sys.stdout.write(f"line {number}: {exc.reason}: {exc.detail}\n")
+    try:
+        with stream:
+            for number, line in enumerate(stream, start=1):
+                message = line.rstrip(b"\r\n")
+                if not message.strip():
+                    continue
+                try:
+                    decode_event(message, now=datetime.now(UTC), future_tolerance=tolerance)
+                except InvalidEvent as exc:
+                    invalid += 1
+                    sys.stdout.write(f"line {number}: {exc.reason}: {exc.detail}\n")
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1 if invalid else 0
+    except OSError as exc:  # e.g. a directory, or a read error mid-file
+        sys.stderr.write(f"python -m clickstream.events: cannot read {args.validate}: {exc}\n")
+        return 2
     return 1 if invalid else 0
 
 

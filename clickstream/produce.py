@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import math
 import os
 import re
 import secrets
@@ -44,7 +43,14 @@ from clickstream.errors import ClickstreamError, ConfigError, DeliveryError, Tra
 from clickstream.producer import COMPRESSION_TYPES, EventProducer, ProducerTuning, producer_config
 from clickstream.settings import load_settings
 from clickstream.simulator import IMPLEMENTATION as SIMULATOR_IMPLEMENTATION
-from clickstream.simulator import SimulatedEvent, SimulatorConfig, TrafficSimulator, WireEvent
+from clickstream.simulator import (
+    MAX_EVENTS_PER_SECOND,
+    MIN_EVENTS_PER_SECOND,
+    SimulatedEvent,
+    SimulatorConfig,
+    TrafficSimulator,
+    WireEvent,
+)
 
 __all__ = ["GC_THRESHOLDS", "ExitCode", "main", "parse_duration", "tune_garbage_collector"]
 
@@ -112,15 +118,18 @@ def _duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _non_negative(text: str) -> float:
+def _rate(text: str) -> float:
     value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        msg = f"must be a finite number >= 0, got {text}"
+    if value != 0 and not MIN_EVENTS_PER_SECOND <= value <= MAX_EVENTS_PER_SECOND:
+        msg = (
+            f"must be 0 (as fast as possible) or lie in [{MIN_EVENTS_PER_SECOND:g}, "
+            f"{MAX_EVENTS_PER_SECOND:,.0f}] events per second, got {text}"
+        )
         raise argparse.ArgumentTypeError(msg)
     return value
 
 
-_non_negative.__name__ = "float"  # argparse says "invalid float value: 'abc'"
+_rate.__name__ = "float"  # argparse says "invalid float value: 'abc'"
 
 
 def _seconds(low: float, high: float) -> Callable[[str], float]:
@@ -150,10 +159,25 @@ _fraction.__name__ = "float"  # argparse says "invalid float value: 'abc'"
 
 def _count(text: str) -> int:
     value = int(text)
-    if value < -1:
-        msg = f"must be a number of events, or -1 for no limit; got {text}"
+    if not -1 <= value <= sys.maxsize:
+        msg = f"must be a number of events up to {sys.maxsize}, or -1 for no limit; got {text}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+_count.__name__ = "int"  # argparse says "invalid int value: 'abc'"
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        # random.Random uses abs(seed): -5 would make the events (and event ids) of 5.
+        msg = f"must be a whole number >= 0, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+_seed.__name__ = "int"  # argparse says "invalid int value: 'abc'"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -189,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     what.add_argument(
         "--rate",
-        type=_non_negative,
+        type=_rate,
         help="events per second; 0 = as fast as possible (default: 50 live, 0 with --backfill). "
         "Live, this is the steady rate: traffic builds up over the first minutes, as visitors "
         "arrive and their sessions get under way",
@@ -202,8 +226,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     what.add_argument(
         "--seed",
-        type=int,
-        help="random seed; the same seed gives the same events (default: random)",
+        type=_seed,
+        help="random seed, a whole number >= 0; the same seed gives the same events "
+        "(default: random)",
     )
     what.add_argument(
         "--conversion-rate",
@@ -650,6 +675,9 @@ def _main(
 
     by_event_time = args.backfill is None and args.rate > 0
     if args.stdout:
+        if sys.stdout is None:  # started with standard output closed (`>&-`)
+            logger.error("--stdout: standard output is closed")
+            return ExitCode.BAD_CONFIGURATION
         try:
             result = _run(
                 messages,
@@ -664,6 +692,10 @@ def _main(
             # to flush stdout again at exit; point it at /dev/null first.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return ExitCode.OK
+        except OSError as exc:  # a full disk, a closed descriptor, ...
+            logger.error("cannot write the events to standard output: %s", exc.strerror or exc)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return ExitCode.DELIVERY_FAILED
         logger.info("wrote %d events (seed %d)", result.sent, seed)
         _warn_if_short(result, count=args.count, backfill=args.backfill)
         return ExitCode.OK

@@ -44,7 +44,7 @@ from pathlib import Path
 from statistics import NormalDist
 from types import MappingProxyType, ModuleType
 from typing import Final, NamedTuple, TypeVar
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlsplit
 
 import pydantic_core
 from faker import Faker
@@ -75,6 +75,12 @@ __all__ = [
 _CENT: Final = Decimal("0.01")
 _KM_PER_DEGREE: Final = 111.32
 _INACTIVITY_GAP_SECONDS: Final = 30 * 60
+MIN_EVENTS_PER_SECOND: Final = 1e-9
+"""Sparsest timeline: about one event in 30 years (bounds the time buckets' size)."""
+MAX_EVENTS_PER_SECOND: Final = 1e7
+"""Densest timeline: far above what one process sends, well inside float time arithmetic."""
+MAX_SITE_URL_LENGTH: Final = 1024
+"""Leaves room for the longest path, query and campaign tags within a 2048-character URL."""
 """The web-analytics session gap; the simulator keeps within-session pauses below it."""
 
 
@@ -420,8 +426,11 @@ class SimulatorConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 problems.append(f"{name} must lie in [0, 1], got {value}")
-        if not self.events_per_second > 0:
-            problems.append(f"events_per_second must be > 0, got {self.events_per_second}")
+        if not MIN_EVENTS_PER_SECOND <= self.events_per_second <= MAX_EVENTS_PER_SECOND:
+            problems.append(
+                f"events_per_second must lie in [{MIN_EVENTS_PER_SECOND:g}, "
+                f"{MAX_EVENTS_PER_SECOND:g}], got {self.events_per_second}"
+            )
         if self.return_after_min_seconds <= _INACTIVITY_GAP_SECONDS:
             problems.append("return_after_min_seconds must exceed the 30-minute session gap (1800)")
         if not 1.0 <= self.max_dwell_seconds < _INACTIVITY_GAP_SECONDS:
@@ -432,8 +441,7 @@ class SimulatorConfig:
             problems.append("products_per_category and max_known_visitors must be positive")
         if len(self.currency) != 3 or not self.currency.isascii() or not self.currency.isupper():
             problems.append(f"currency must be an ISO 4217 code, got {self.currency!r}")
-        if not self.site_url.startswith(("http://", "https://")) or self.site_url.endswith("/"):
-            problems.append("site_url must be an http(s) origin without a trailing slash")
+        problems += _check_site_url(self.site_url)
         for name, weights in (
             ("device_weights", self.device_weights),
             ("channel_weights", self.channel_weights),
@@ -444,6 +452,29 @@ class SimulatorConfig:
         problems += _check_chain("buy_transitions", self.buy_transitions, buying=True)
         if problems:
             raise ConfigError("invalid simulator configuration: " + "; ".join(problems))
+
+
+def _check_site_url(url: str) -> list[str]:
+    """Problems of a site URL: every page URL built on it must pass the event contract."""
+    problem = (
+        "site_url must be an http(s) origin, optionally with a path, without a trailing "
+        f"slash, query or fragment, at most {MAX_SITE_URL_LENGTH} characters; got {url!r}"
+    )
+    if (
+        not url.startswith(("http://", "https://"))
+        or url.endswith("/")
+        or len(url) > MAX_SITE_URL_LENGTH
+        or any(c.isspace() or not c.isprintable() for c in url)
+    ):
+        return [problem]
+    try:
+        parts = urlsplit(url)
+        host, _port = parts.hostname, parts.port  # .port refuses one out of range
+    except ValueError:
+        return [problem]
+    if not host or parts.query or parts.fragment or "?" in url or "#" in url:
+        return [problem]
+    return []
 
 
 def _check_chain(name: str, chain: Transitions, *, buying: bool) -> list[str]:
@@ -969,7 +1000,11 @@ class TrafficSimulator:
         self._samples = 4000
         self._sample_offsets_ms: list[int] = []
         """Event times of the estimate's sample sessions, from their starts (for backfill)."""
+        self._end_rel = _NEVER
+        """The end, in queue time (see _stream); _NEVER while the estimate walks sessions."""
         self.mean_events_per_session, self.mean_session_seconds = self._estimate_sessions()
+        if self._end_ms is not None:
+            self._end_rel = self._end_ms - self._base_ms
 
     @classmethod
     def backfill(
@@ -1007,6 +1042,14 @@ class TrafficSimulator:
         # 1.5 * sqrt(n) sessions' worth): the last few percent of the window stay empty.
         sessions = max(count / probe.mean_events_per_session, 1.0)
         margin = 1.0 + 5.0 / math.sqrt(sessions)
+        if per_second * margin > MAX_EVENTS_PER_SECOND:
+            msg = (
+                f"{count:,} events in {window} is too dense: at most "
+                f"{MAX_EVENTS_PER_SECOND / margin * seconds:,.0f} fit a window this long "
+                f"(the simulator makes at most {MAX_EVENTS_PER_SECOND:,.0f} events per second "
+                "of event time); use a longer window or fewer events"
+            )
+            raise ConfigError(msg)
         dense = replace(config, events_per_second=per_second * margin)
         return cls(dense, seed=seed, clock=lambda: end, start=end - window, end=end)
 
@@ -1068,6 +1111,8 @@ class TrafficSimulator:
                     continue
                 due = _NEVER
             if due >= next_arrival:
+                if next_arrival > end_ms:
+                    return  # every event still to come, queued or not, lies after the end
                 play(_floor(next_arrival))
                 # Poisson arrivals: exponential gaps (as random.expovariate draws them).
                 next_arrival -= log(1.0 - uniform()) / arrivals_per_ms
@@ -1434,6 +1479,9 @@ class TrafficSimulator:
         # in order, one for a later bucket appended (the bucket is sorted when its turn comes).
         buckets, bucket_heap, bucket_bits = self._buckets, self._bucket_heap, self._bucket_bits
         current, current_index = self._current, self._current_index
+        # Events after the end are never emitted: they are made (the same random draws, so the
+        # same stream) but not queued, so a dense backfill holds only what it will send.
+        end_ms = self._end_rel
         now_ms = last_ms = at_ms
         while True:
             details = _NO_DETAILS
@@ -1508,7 +1556,9 @@ class TrafficSimulator:
             # event, and a call costs more than the insertion itself.
             entry = (now_ms, sequence, _PAGE_VIEW, visitor, record, json, details)
             sequence += 1
-            if (index := now_ms >> bucket_bits) == current_index:
+            if now_ms > end_ms:
+                pass
+            elif (index := now_ms >> bucket_bits) == current_index:
                 insort(current, entry)
             elif (bucket := buckets.get(index)) is None:
                 buckets[index] = [entry]
@@ -1521,7 +1571,9 @@ class TrafficSimulator:
                 last_ms, event_type, extra = later
                 entry = (last_ms, sequence, event_type, visitor, record, json, extra)
                 sequence += 1
-                if (index := last_ms >> bucket_bits) == current_index:
+                if last_ms > end_ms:
+                    pass
+                elif (index := last_ms >> bucket_bits) == current_index:
                     insort(current, entry)
                 elif (bucket := buckets.get(index)) is None:
                     buckets[index] = [entry]

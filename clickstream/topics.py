@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -72,7 +72,14 @@ def ensure_topics(
         TransientError: no broker answered within ``timeout``.
         TerminalError: the cluster refused to create a topic (e.g. not allowed, bad config).
     """
-    admin = AdminClient(dict(admin_config))
+    try:
+        admin = AdminClient(dict(admin_config))
+    except KafkaException as exc:  # e.g. TLS material librdkafka cannot read
+        msg = (
+            f"invalid Kafka client configuration: {exc.args[0]} (check the "
+            "CLICKSTREAM_KAFKA_SSL_* settings)"
+        )
+        raise ConfigError(msg) from exc
     existing = _partition_counts(admin, timeout)
     missing = [spec for spec in specs if spec.name not in existing]
     created: set[str] = set()
@@ -90,16 +97,20 @@ def ensure_topics(
             operation_timeout=timeout,
             request_timeout=timeout,
         )
-        for name, future in futures.items():
+        refused: list[str] = []
+        for name, future in futures.items():  # every answer, so that a refusal says it all
             try:
                 future.result(timeout=timeout)
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
                 if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     continue  # created concurrently by someone else: that is fine
-                msg = f"cannot create topic {name!r}: {error.str()}"
-                raise TerminalError(msg) from exc
+                refused.append(f"cannot create topic {name!r}: {error.str()}")
+                continue
             created.add(name)
+        if refused:
+            done = f" (created: {', '.join(sorted(created))})" if created else ""
+            raise TerminalError("; ".join(refused) + done)
         existing = _partition_counts(admin, timeout)
     results = []
     for spec in specs:
@@ -183,21 +194,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--retention-days",
-        type=_positive_int,
+        type=_days,
         default=7,
         help="how long the events topic keeps messages (default: %(default)s)",
     )
     parser.add_argument(
         "--dlq-retention-days",
-        type=_positive_int,
+        type=_days,
         default=30,
         help="how long the dead-letter topic keeps messages (default: %(default)s)",
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_timeout,
         default=15.0,
-        help="seconds to wait for the cluster (default: %(default)s)",
+        help="seconds to wait for the cluster, 0.1 to 3600 (default: %(default)s)",
     )
     add_log_level(parser)
     return parser
@@ -212,6 +223,30 @@ def _positive_int(text: str) -> int:
 
 
 _positive_int.__name__ = "int"  # argparse says "invalid int value: 'abc'"
+
+_MAX_RETENTION_DAYS: Final = 36_500
+
+
+def _days(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= _MAX_RETENTION_DAYS:
+        msg = f"must be a whole number of days in 1..{_MAX_RETENTION_DAYS}, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+_days.__name__ = "int"  # argparse says "invalid int value: 'abc'"
+
+
+def _timeout(text: str) -> float:
+    value = float(text)
+    if not 0.1 <= value <= 3600:  # also refuses nan
+        msg = f"must be a number of seconds in 0.1..3600, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+_timeout.__name__ = "float"  # argparse says "invalid float value: 'abc'"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -256,11 +291,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     try:
         results = ensure_topics(admin_config=admin_config, specs=specs, timeout=args.timeout)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
     except ClickstreamError as exc:
         logger.error("%s (Kafka at %s)", exc, settings.kafka_bootstrap_servers)
         return 3
     for result in results:
-        sys.stdout.write(f"{result.name}: {result.outcome} ({result.partitions} partitions)\n")
+        plural = "" if result.partitions == 1 else "s"
+        sys.stdout.write(
+            f"{result.name}: {result.outcome} ({result.partitions} partition{plural})\n"
+        )
     return 0
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from clickstream import produce, topics
 from clickstream.events import ClickEvent, decode_event
@@ -228,12 +228,12 @@ def test_topics_command_is_idempotent(
     assert topics.main(argv) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{events}: created (4 partitions)",
-        f"{dlq}: created (1 partitions)",
+        f"{dlq}: created (1 partition)",
     ]
     assert topics.main(argv) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{events}: exists (4 partitions)",
-        f"{dlq}: exists (1 partitions)",
+        f"{dlq}: exists (1 partition)",
     ]
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
     metadata = admin.list_topics(timeout=10).topics
@@ -242,6 +242,52 @@ def test_topics_command_is_idempotent(
     # The dead-letter topic takes whole messages of the events topic plus their headers.
     [described] = admin.describe_configs([ConfigResource("topic", dlq)]).values()
     assert described.result(10)["max.message.bytes"].value == str(2 * 1024 * 1024)
+
+
+def test_topics_command_reports_a_refusal_and_what_it_created(
+    stack, topic_names: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Kafka refuses a name that differs from an existing topic's only by '.' versus '_'; the
+    # dead-letter topic is still created, and the error says so.
+    events, dlq = topic_names
+    twin = events.replace("-", "_") + "_x"
+    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin.create_topics([NewTopic(twin, 1, 1)])[twin].result(30)
+    try:
+        argv = ["--bootstrap-servers", stack.kafka_bootstrap, "--dlq-topic", dlq]
+        assert topics.main([*argv, "--topic", twin.replace("_", ".")]) == 3
+        assert f"cannot create topic '{twin.replace('_', '.')}'" in caplog.text
+        assert f"(created: {dlq})" in caplog.text
+        assert dlq in admin.list_topics(timeout=10).topics
+    finally:
+        admin.delete_topics([twin])[twin].result(30)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--timeout", "-1"],
+        ["--timeout", "nan"],
+        ["--retention-days", "999999999999"],
+        ["--dlq-retention-days", "0"],
+        ["--partitions", "abc"],
+    ],
+)
+def test_topics_command_refuses_bad_flags_as_arguments(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        topics.main(argv)
+    assert exit_.value.code == 2
+    assert "_" + "positive" not in capsys.readouterr().err  # names the type, not a helper
+
+
+def test_topics_command_refuses_tls_material_librdkafka_cannot_read(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLICKSTREAM_KAFKA_SSL_CA", "not a certificate")
+    assert topics.main(["--timeout", "2"]) == 2
+    assert "CLICKSTREAM_KAFKA_SSL_" in caplog.text
 
 
 def test_topics_command_gives_up_on_an_unreachable_broker() -> None:

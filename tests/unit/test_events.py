@@ -702,3 +702,27 @@ def test_currency_must_be_an_iso_4217_code(currency: str) -> None:
 def test_urls_need_a_host(url: str) -> None:
     assert_schema_error(with_(page_url=url), "page_url")
     assert_schema_error(with_(referrer_url=url), "referrer_url")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # urlsplit drops tab, CR and LF without a word: the URL would pass changed.
+        "https://shop.example.com\n/cart",
+        "https://shop.example.com/ca\trt",
+        "https://shop.example.com/cart\r",
+        "https://shop.example.com/\x00",
+        "https://shop.example.com/\x7f",
+        # A port must be a number in 0..65535.
+        "https://shop.example.com:99999/",
+        "https://shop.example.com:http/",
+    ],
+)
+def test_urls_with_control_characters_or_a_bad_port_are_invalid(url: str) -> None:
+    assert_schema_error(with_(page_url=url), "page_url")
+    assert_schema_error(with_(referrer_url=url), "referrer_url")
+
+
+def test_a_url_with_a_valid_port_or_non_ascii_text_is_valid() -> None:
+    url = "https://shop.example.com:8443/s?q=caf\u00e9 cr\u00e8me"
+    assert decode(with_(page_url=url, referrer_url=url)).page_url == url

@@ -141,6 +141,13 @@ def test_backfill_needs_a_positive_count(capsys: pytest.CaptureFixture[str]) -> 
         ["--connect-timeout", "nan"],
         ["--log-interval", "0"],
         ["--log-interval", "-5"],
+        # A rate so high the simulated clock stopped (sessions made forever, memory to OOM),
+        # or so low the time buckets overflowed; a count past what islice takes.
+        ["--rate", "1e20"],
+        ["--rate", "1e-310"],
+        ["--count", "99999999999999999999"],
+        # random.Random(-5) is Random(5): two producers would send the same event ids.
+        ["--seed", "-5"],
     ],
 )
 def test_bad_arguments_exit_with_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -272,3 +279,18 @@ def test_a_backfill_short_of_its_count_says_so(caplog: pytest.LogCaptureFixture)
         produce._warn_if_short(short, count=100, backfill=timedelta(seconds=100))
     [record] = caplog.records
     assert "held only 90 of the 100 events" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--site-url", "https://a b.com"],
+        ["--site-url", "https://shop.example.com?x=1"],
+        ["--backfill", "1s", "--count", "1000000000000"],
+    ],
+)
+def test_a_configuration_that_would_make_invalid_or_impossible_traffic_exits_2(
+    argv: list[str], capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    assert produce.main(["--stdout", "--progress", "log", *argv]) == 2
+    assert capsysbinary.readouterr().out == b""  # not one event

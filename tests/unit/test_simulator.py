@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -124,7 +125,8 @@ def test_fast_serializer_escapes_like_the_model() -> None:
         session_id=tricky,
         page_url="https://shop.example.com/search?q=%22x%22",
         page_type=PageType.SEARCH,
-        referrer_url="https://ex.example/" + tricky,
+        # URLs may hold no control characters (the contract); the rest is escaped alike.
+        referrer_url="https://ex.example/" + re.sub(r"[\x00-\x1f\x7f]", "", tricky),
         campaign=Campaign('news"letter', "e\\mail", tricky),
     )
     details = [
@@ -614,8 +616,17 @@ def test_a_naive_clock_is_refused() -> None:
         {"return_after_min_seconds": 1800.0},
         {"max_dwell_seconds": 1800.0},
         {"currency": "eur"},
+        {"events_per_second": 1e20},  # the arrival clock would stop advancing (float ulp)
+        {"events_per_second": 1e-310},
         {"site_url": "shop.example.com"},
         {"site_url": "https://shop.example.com/"},
+        # Every page URL built on these would break the contract, or not be a page of the site.
+        {"site_url": "https://a b.com"},
+        {"site_url": "https://shop.example.com\n"},
+        {"site_url": "https://shop.example.com?x=1"},
+        {"site_url": "https://shop.example.com#top"},
+        {"site_url": "https://shop.example.com:99999"},
+        {"site_url": "https://" + "a" * 1020 + ".com"},
         {"device_weights": {DeviceType.DESKTOP: 0.0}},
         {"browse_transitions": {PageType.HOME: {PageType.CONFIRMATION: 1.0}}},
     ],
@@ -623,6 +634,36 @@ def test_a_naive_clock_is_refused() -> None:
 def test_invalid_configuration_is_refused(changes: dict[str, object]) -> None:
     with pytest.raises(ConfigError):
         replace(SimulatorConfig(), **changes)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://localhost:8080", "https://shop.example.com/de", "https://b\u00fccher.example"],
+)
+def test_every_page_url_on_an_allowed_site_url_passes_the_contract(url: str) -> None:
+    events = simulate(3000, config=SimulatorConfig(site_url=url))
+    for event in events:
+        assert event.page.page_url.startswith(url + "/")
+        event.to_click_event()  # raises if a page URL breaks the contract
+
+
+def test_a_backfill_too_dense_for_the_simulator_is_refused_with_what_fits() -> None:
+    with pytest.raises(ConfigError, match="too dense: at most 9,999"):
+        TrafficSimulator.backfill(
+            seed=1, clock=fixed_clock, window=timedelta(seconds=1), count=10**12
+        )
+
+
+def test_a_dense_backfill_ends_when_its_window_does() -> None:
+    # Sessions are made when they start; their events past the window are not kept, and the
+    # stream ends once nothing inside the window is left (not after more sessions).
+    simulator = TrafficSimulator.backfill(
+        seed=5, clock=fixed_clock, window=timedelta(seconds=1), count=2000
+    )
+    events = list(islice(simulator, 10**6))
+    assert 2000 <= len(events) < 10**6
+    assert all(T0 - timedelta(seconds=1) <= e.occurred_at <= T0 for e in events)
+    assert not simulator._buckets  # nothing from after the window was queued
 
 
 def test_converting_chain_cannot_exit_before_buying() -> None:
