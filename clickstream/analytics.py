@@ -23,6 +23,9 @@ Nothing here writes; every statement is a plain ``SELECT``.
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,13 +48,18 @@ from sqlalchemy import (
     select,
     type_coerce,
 )
+from sqlalchemy.exc import DBAPIError
 
+from clickstream.cli import add_log_level, configure_logging
+from clickstream.db import make_engine, refused_connection
 from clickstream.db.models import (
     UtcDateTime,
     events_table,
     sessions_table,
     traffic_minute_table,
 )
+from clickstream.errors import ClickstreamError
+from clickstream.settings import load_settings
 
 __all__ = [
     "CURRENT_VISITORS_WINDOW",
@@ -81,12 +89,16 @@ __all__ = [
     "devices",
     "funnel",
     "kpis",
+    "main",
     "map_points",
+    "render_report",
     "snapshot",
     "sources",
     "top_pages",
     "traffic",
 ]
+
+_log = logging.getLogger("clickstream.analytics")
 
 CURRENT_VISITORS_WINDOW: Final = timedelta(minutes=5)
 """A visitor is "current" with an event in the last five minutes (Plausible's definition)."""
@@ -792,3 +804,183 @@ def dashboard(
         funnel=funnel(conn, time_range=time_range),
         conversion_paths=conversion_paths(conn, time_range=time_range, limit=limit),
     )
+
+
+# -- command line ---------------------------------------------------------------------------
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def render_report(board: Dashboard) -> str:
+    """The figures of ``board`` as a plain-text report (what ``python -m clickstream.analytics``
+    prints): KPIs, funnel, conversion paths, sources, pages and devices."""
+    k = board.kpis
+    span = board.time_range
+    duration = "-" if k.average_duration_seconds is None else f"{k.average_duration_seconds:.1f} s"
+    views = "-" if k.views_per_visit is None else f"{k.views_per_visit:.2f}"
+    revenue = f"{k.revenue:,.2f}" + (f" {k.currency}" if k.currency else "")
+    as_of = board.now.isoformat(timespec="seconds")
+    lines = [
+        f"clickstream analytics, {span.start.isoformat()} to {span.end.isoformat()} "
+        f"(sessions that started in the range; current visitors as of {as_of})",
+        "",
+        f"  sessions            {k.sessions:>12,}    visitors        {k.visitors:>12,}",
+        f"  events              {k.events:>12,}    page views      {k.page_views:>12,}",
+        f"  bounce rate         {_percent(k.bounce_rate):>12}    conversion rate "
+        f"{_percent(k.conversion_rate):>12}",
+        f"  avg visit duration  {duration:>12}    views per visit {views:>12}",
+        f"  purchases           {k.purchases:>12,}    revenue         {revenue:>12}",
+        f"  current visitors    {board.current_visitors:>12,}    (an event in the last "
+        f"{int(CURRENT_VISITORS_WINDOW.total_seconds() // 60)} minutes)",
+        "",
+        "funnel (sessions reaching each step after the previous ones)",
+    ]
+    for step in board.funnel.steps:
+        lines.append(
+            f"  {step.label:<28} {step.sessions:>10,}   drop-off {_percent(step.drop_off):>8}"
+        )
+    lines += ["", f"conversion paths ({board.conversion_paths.converted_sessions:,} converted)"]
+    lines += [
+        f"  {row.sessions:>8,}  {_percent(row.share):>8}  {row.path}"
+        for row in board.conversion_paths.paths
+    ] or ["  (none)"]
+    lines += ["", "traffic sources (sessions, share, converted)"]
+    lines += [
+        f"  {row.source:<32} {row.sessions:>8,}  {_percent(row.share):>8}  "
+        f"{row.converted_sessions:>6,}"
+        for row in board.sources
+    ] or ["  (none)"]
+    lines += ["", "top pages (page views, visitors)"]
+    lines += [
+        f"  {row.page_views:>8,}  {row.visitors:>8,}  {row.page_url}" for row in board.pages
+    ] or ["  (none)"]
+    lines += ["", "devices (sessions, share)"]
+    lines += [
+        f"  {row.name or 'unknown':<32} {row.sessions:>8,}  {_percent(row.share):>8}"
+        for row in board.devices.device_types
+    ] or ["  (none)"]
+    return "\n".join(lines)
+
+
+def _moment(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        msg = f"expected an RFC 3339 date-time with an offset (2026-11-30T12:00:00Z), got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value.utcoffset() is None:
+        msg = f"needs an offset (Z or +hh:mm): {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+_moment.__name__ = "date-time"
+
+
+def _minutes(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= _MAX_REPORT_MINUTES:
+        msg = f"must lie in 1..{_MAX_REPORT_MINUTES}, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+_minutes.__name__ = "int"
+_MAX_REPORT_MINUTES: Final = 366 * 24 * 60
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m clickstream.analytics",
+        description=(
+            "Print the web-analytics figures of a time range from the clickstream database: "
+            "KPIs (sessions, visitors, bounce and conversion rates, visit duration, views per "
+            "visit, revenue, current visitors), the purchase funnel, conversion paths, traffic "
+            "sources, top pages and devices. The same figures as the dashboard, for a terminal "
+            "or a script (--json). Reads only."
+        ),
+        epilog=(
+            "examples:\n"
+            "  python -m clickstream.analytics                      # the last 60 minutes\n"
+            "  python -m clickstream.analytics --minutes 1440 --limit 10\n"
+            "  python -m clickstream.analytics --start 2026-11-30T00:00:00Z "
+            "--end 2026-12-01T00:00:00Z --json\n\n"
+            "The database comes from --database-url, else CLICKSTREAM_DATABASE_URL (or the "
+            "Pulumi stack outputs, reader credentials), else sqlite:///clickstream.db.\n"
+            "Definitions: docs/analytics.md. Exit status: 0 done, 2 bad arguments or settings, "
+            "3 the database could not be read."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--minutes",
+        type=_minutes,
+        default=60,
+        help="the last N whole minutes, the current one included (default 60)",
+    )
+    parser.add_argument("--start", type=_moment, help="start of the range (with --end)")
+    parser.add_argument("--end", type=_moment, help="end of the range, excluded (with --start)")
+    parser.add_argument(
+        "--limit", type=_minutes, default=5, help="rows per table (default 5)", metavar="N"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON document, as /api/dashboard")
+    parser.add_argument("--database-url", help="SQLAlchemy URL of the database to read")
+    add_log_level(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m clickstream.analytics``; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.start is None) != (args.end is None):
+        parser.error("give both --start and --end, or neither (then --minutes applies)")
+    configure_logging(args.log_level)
+    now = datetime.now(UTC)
+    try:
+        time_range = (
+            TimeRange(args.start, args.end)
+            if args.start is not None
+            else TimeRange.last_minutes(args.minutes, now=now)
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        settings = load_settings(role="reader", overrides={"database_url": args.database_url})
+        engine = make_engine(settings.database_url.get_secret_value(), application_name="report")
+    except ClickstreamError as exc:
+        _log.error("%s", exc)
+        return 2
+    try:
+        with snapshot(engine) as conn:
+            board = dashboard(conn, time_range=time_range, now=now, limit=args.limit)
+    except DBAPIError as exc:
+        refused = refused_connection(exc)
+        if refused is not None:
+            _log.error(
+                "the database refused the connection: %s; check CLICKSTREAM_DATABASE_URL "
+                "(or --database-url)",
+                refused,
+            )
+            return 2
+        _log.error(
+            "cannot read the database (%s): %s (is the schema there? `alembic upgrade head`)",
+            engine.url.render_as_string(hide_password=True),
+            " ".join(str(exc.orig).split()),
+        )
+        return 3
+    finally:
+        engine.dispose()
+    if args.json:
+        from clickstream.dashboard.server import to_json  # noqa: PLC0415 - it imports this module
+
+        sys.stdout.write(to_json(board).decode() + "\n")
+    else:
+        sys.stdout.write(render_report(board) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
