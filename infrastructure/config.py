@@ -14,6 +14,7 @@ from typing import Any, Final
 import pulumi
 
 from clickstream.errors import ConfigError
+from clickstream.search.indices import validate_prefix
 from clickstream.settings import is_kafka_name
 
 __all__ = ["InfraConfig", "load_config"]
@@ -23,13 +24,16 @@ _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 # Aiven project names (the project must already exist; this only catches typos early).
 _PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # Kafka topic and group names: the characters Kafka itself accepts.
-# OpenSearch index names are lower case and cannot contain \ / * ? " < > | , # : or spaces.
-_INDEX_PREFIX = re.compile(r"^[a-z0-9][a-z0-9._-]{0,199}$")
 # Aiven cloud names look like google-europe-west1, aws-eu-central-1, azure-germany-westcentral.
 _CLOUD_NAME = re.compile(r"^[a-z]+-[a-z0-9-]+$")
-_PLAN_NAME = re.compile(r"^[a-z]+(-[a-z0-9]+)+$")
+# Plans look like startup-2, business-4, or hobbyist (no dash).
+_PLAN_NAME = re.compile(r"^[a-z]+(-[a-z0-9]+)*$")
 _VERSION = re.compile(r"^\d+(\.\d+)?$")
 _USER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+# PostgreSQL roles: no dash (the grants in docs/deploy-aiven.md name them unquoted), and not a
+# name PostgreSQL reserves (pg_*, public) or Aiven uses itself.
+_PG_USER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_RESERVED_PG_USERS: Final = frozenset({"public", "postgres", "avnadmin", "none", "current_user"})
 _DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 _HOUR_MS: Final = 3_600_000
@@ -140,25 +144,33 @@ class InfraConfig:
         check(2 <= self.replication <= 10, "replication", "an integer from 2 to 10")
         check(self.retention_hours >= 1, "retentionHours", "a positive number of hours")
         check(self.dlq_retention_hours >= 1, "dlqRetentionHours", "a positive number of hours")
+        try:
+            validate_prefix(self.index_prefix)  # the consumer's own rule: one source of truth
+            prefix_ok = True
+        except ConfigError:
+            prefix_ok = False
         check(
-            bool(_INDEX_PREFIX.match(self.index_prefix)),
+            prefix_ok,
             "indexPrefix",
-            "lower case a-z 0-9 . _ -, starting with a letter or digit (an OpenSearch index name)",
+            "1-100 of lower case a-z 0-9 . _ -, starting with a letter or digit",
         )
         check(bool(_DATABASE_NAME.match(self.database_name)), "databaseName", "a-z 0-9 _")
-        for key in (
-            "producerUser",
-            "consumerUser",
-            "pgAppUser",
-            "pgOwnerUser",
-            "pgReaderUser",
-            "opensearchUser",
-        ):
+        for key in ("producerUser", "consumerUser", "opensearchUser"):
             name = getattr(self, _FIELD_OF_KEY[key])
             check(
                 bool(_USER_NAME.match(name)) and name != "avnadmin",
                 key,
                 "a-z 0-9 _ -, starting with a letter, at most 40 chars, and not avnadmin",
+            )
+        for key in ("pgAppUser", "pgOwnerUser", "pgReaderUser"):
+            name = getattr(self, _FIELD_OF_KEY[key])
+            check(
+                bool(_PG_USER_NAME.match(name))
+                and not name.startswith("pg_")
+                and name not in _RESERVED_PG_USERS,
+                key,
+                "a-z 0-9 _, starting with a letter, at most 40 chars, not starting with pg_ "
+                "(PostgreSQL reserves those) and none of public, postgres, avnadmin",
             )
         check(self.producer_user != self.consumer_user, "consumerUser", "not the producer's user")
         check(self.pg_app_user != self.pg_owner_user, "pgOwnerUser", "not the application user")

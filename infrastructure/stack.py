@@ -86,6 +86,14 @@ def kafka_grants(cfg: InfraConfig) -> list[KafkaGrant]:
             resource_name=cfg.dlq_topic,
             operation="Write",
         ),
+        # To read its dead letters back (python -m clickstream.dead_letters, by assignment:
+        # no group, nothing committed).
+        KafkaGrant(
+            principal=consumer,
+            resource_type="Topic",
+            resource_name=cfg.dlq_topic,
+            operation="Read",
+        ),
     ]
 
 
@@ -321,6 +329,7 @@ class ClickstreamServices(pulumi.ComponentResource):
             username=cfg.opensearch_user,
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[acl])),
         )
+        after_acl = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[acl]))
         aiven.OpenSearchAclRule(
             "opensearch-acl-rule",
             project=cfg.aiven_project,
@@ -330,7 +339,21 @@ class ClickstreamServices(pulumi.ComponentResource):
             # admin on the project's indices only: creating indices, mappings and aliases
             # needs it; every other index stays implicitly denied.
             permission="admin",
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[acl])),
+            opts=after_acl,
+        )
+        aiven.OpenSearchAclRule(
+            "opensearch-acl-rule-index-template",
+            project=cfg.aiven_project,
+            service_name=search.service_name,
+            username=user.username,
+            # A top-level API: Aiven grants one only by a rule naming it (index rules never
+            # do). The consumer reads the index templates at start and puts them when they
+            # changed; the rule also grants the service's other templates. (_bulk, _mget and
+            # _msearch, which Dashboards uses, need no rule: with extended ACLs Aiven checks
+            # the indices they name against the index rule.)
+            index="_index_template",
+            permission="admin",
+            opts=after_acl,
         )
         search_uri = pulumi.Output.all(
             user.username, user.password, search.service_host, search.service_port

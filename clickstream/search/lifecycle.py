@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import (
@@ -22,7 +22,7 @@ from opensearchpy.exceptions import (
     NotFoundError,
     TransportError,
 )
-from opensearchpy.helpers import scan, streaming_bulk
+from opensearchpy.helpers import streaming_bulk
 
 from clickstream.errors import SinkError
 from clickstream.search.client import translate_error
@@ -138,11 +138,18 @@ def _attach(client: OpenSearch, api: str, pattern: str, policy_id: str) -> None:
         )
 
 
+_PRUNE_PAGE: Final = 1000
+"""Sessions read per search while pruning."""
+
+
 def prune_sessions(client: OpenSearch, *, prefix: str, older_than: datetime) -> int:
     """Delete session documents whose ``ended_at`` is before ``older_than``; return how many.
 
     A session rewritten by the consumer while this runs is left alone (the delete is
-    conditional on the sequence number seen by the scan) and re-examined next time.
+    conditional on the sequence number seen by the search) and re-examined next time.
+    Pages through the sessions alias with ``search_after`` (an index-level request, which the
+    consumer's OpenSearch user may make under Aiven's index ACLs; a scroll would be a
+    top-level API) and deletes through ``_bulk``.
 
     Raises:
         ValueError: ``older_than`` is naive.
@@ -154,22 +161,33 @@ def prune_sessions(client: OpenSearch, *, prefix: str, older_than: datetime) -> 
         msg = "older_than must be timezone-aware"
         raise ValueError(msg)
     cutoff = json_value(older_than, field="older_than")
-    query = {
-        "query": {"range": {"ended_at": {"lt": cutoff}}},
-        "_source": False,
-        "seq_no_primary_term": True,
-    }
+    alias = sessions_alias(prefix)
 
     def deletes() -> Iterator[dict[str, Any]]:
-        hits = scan(client, index=sessions_alias(prefix), query=query, size=1000, scroll="2m")
-        for hit in hits:
-            yield {
-                "_op_type": "delete",
-                "_index": hit["_index"],
-                "_id": hit["_id"],
-                "if_seq_no": hit["_seq_no"],
-                "if_primary_term": hit["_primary_term"],
+        after: list[Any] | None = None
+        while True:
+            body: dict[str, Any] = {
+                "query": {"range": {"ended_at": {"lt": cutoff}}},
+                "sort": [{"ended_at": "asc"}, {"session_id": "asc"}],
+                "size": _PRUNE_PAGE,
+                "_source": False,
+                "seq_no_primary_term": True,
+                "track_total_hits": False,
             }
+            if after is not None:
+                body["search_after"] = after
+            hits = client.search(index=alias, body=body)["hits"]["hits"]
+            for hit in hits:
+                yield {
+                    "_op_type": "delete",
+                    "_index": hit["_index"],
+                    "_id": hit["_id"],
+                    "if_seq_no": hit["_seq_no"],
+                    "if_primary_term": hit["_primary_term"],
+                }
+            if len(hits) < _PRUNE_PAGE:
+                return
+            after = hits[-1]["sort"]
 
     deleted = 0
     try:

@@ -112,7 +112,9 @@ def _ensure_template(client: OpenSearch, name: str, body: dict[str, Any]) -> Non
 
 def _ensure_sessions_index(client: OpenSearch, *, prefix: str) -> None:
     alias = sessions_alias(prefix)
-    if client.indices.exists_alias(name=alias):
+    # Scoped to the prefix's indices (/<prefix>*/_alias/<alias>): an index-level request,
+    # which an index ACL grants; the bare /_alias/<alias> is a top-level API on Aiven.
+    if client.indices.exists_alias(index=f"{prefix}*", name=alias):
         return
     if client.indices.exists(index=alias):
         msg = (

@@ -249,6 +249,26 @@ def test_prune_sessions(client: OpenSearch, prefix: str) -> None:
     assert prune_sessions(client, prefix=prefix, older_than=cutoff) == 0
 
 
+def test_prune_sessions_pages_through_more_than_one_search(client: OpenSearch, prefix: str) -> None:
+    # 2,500 old sessions: three pages of search_after (1,000 each), every one deleted once.
+    sink = SearchSink(client, prefix)
+    old = [
+        sample_session_row(
+            f"old-{n:04d}", ended_at=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(seconds=n % 7)
+        )
+        for n in range(2500)
+    ]
+    keep = [
+        sample_session_row(f"new-{n}", ended_at=datetime(2024, 3, 1, tzinfo=UTC)) for n in range(3)
+    ]
+    assert sink.upsert_sessions([*old, *keep], []) == []
+    client.indices.refresh(index=f"{prefix}-sessions")
+    assert (
+        prune_sessions(client, prefix=prefix, older_than=datetime(2024, 2, 1, tzinfo=UTC)) == 2500
+    )
+    assert _ids(client, f"{prefix}-sessions") == {"new-0", "new-1", "new-2"}
+
+
 def test_fast_paths_store_the_same_documents(client: OpenSearch, prefix: str) -> None:
     # The consumer's paths (validated events; session rows rendered as JSON text) store the
     # same _source as the generic row paths.
