@@ -437,9 +437,9 @@ def _read_error(topic: str, exc: KafkaException) -> ConfigError | TransientError
         KafkaError.GROUP_AUTHORIZATION_FAILED,
     ):
         msg = (
-            f"this client may not read the dead-letter topic {topic} ({error.str()}): on "
-            "Aiven the consumer's user may only write it; read it with a user granted Read on "
-            "it, or in the Aiven console"
+            f"this client may not read the dead-letter topic {topic} ({error.str()}): use "
+            "the consumer's credentials (CLICKSTREAM_KAFKA_SSL_*; the Pulumi stack grants "
+            "them Read on it), or a user granted Read on the topic"
         )
         return ConfigError(msg)
     return TransientError(f"cannot read the dead-letter topic {topic}: {exc}")
