@@ -75,13 +75,13 @@ __all__ = [
 _CENT: Final = Decimal("0.01")
 _KM_PER_DEGREE: Final = 111.32
 _INACTIVITY_GAP_SECONDS: Final = 30 * 60
+"""The web-analytics session gap; the simulator keeps within-session pauses below it."""
 MIN_EVENTS_PER_SECOND: Final = 1e-9
 """Sparsest timeline: about one event in 30 years (bounds the time buckets' size)."""
 MAX_EVENTS_PER_SECOND: Final = 1e7
 """Densest timeline: far above what one process sends, well inside float time arithmetic."""
 MAX_SITE_URL_LENGTH: Final = 1024
 """Leaves room for the longest path, query and campaign tags within a 2048-character URL."""
-"""The web-analytics session gap; the simulator keeps within-session pauses below it."""
 
 
 class Channel(StrEnum):
@@ -1044,8 +1044,9 @@ class TrafficSimulator:
         margin = 1.0 + 5.0 / math.sqrt(sessions)
         if per_second * margin > MAX_EVENTS_PER_SECOND:
             msg = (
-                f"{count:,} events in {window} is too dense: at most "
-                f"{MAX_EVENTS_PER_SECOND / margin * seconds:,.0f} fit a window this long "
+                f"{count:,} events in {window} is too dense: about "
+                f"{MAX_EVENTS_PER_SECOND / margin / (per_second / count):,.0f} at most fit a "
+                "window this long "
                 f"(the simulator makes at most {MAX_EVENTS_PER_SECOND:,.0f} events per second "
                 "of event time); use a longer window or fewer events"
             )
