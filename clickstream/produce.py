@@ -73,11 +73,11 @@ _DEFAULT_CONFIG: Final = SimulatorConfig()
 """Defaults of the simulation flags (read from an instance: the compiled class has no defaults
 as class attributes)."""
 _LIVE_RATE: Final = 50.0
+"""Default events per second of live traffic."""
 WARM_UP_SECONDS: Final = 600.0
 """Live traffic starts with the shop open this long already (sessions under way)."""
 WARM_UP_EVENTS: Final = 300_000
 """...but at high rates for at most this many events of history, made and not sent."""
-"""Default events per second of live traffic."""
 _MAX_DURATION_S: Final = 3650 * 86400.0
 """Longest backfill window: ten years back from now stays well after 1970, the earliest
 ``occurred_at`` the contract accepts."""
