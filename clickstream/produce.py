@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
-from itertools import dropwhile, islice
+from itertools import islice
 from types import FrameType
 from typing import Final, Protocol
 
@@ -74,10 +74,6 @@ _DEFAULT_CONFIG: Final = SimulatorConfig()
 as class attributes)."""
 _LIVE_RATE: Final = 50.0
 """Default events per second of live traffic."""
-WARM_UP_SECONDS: Final = 600.0
-"""Live traffic starts with the shop open this long already (sessions under way)."""
-WARM_UP_EVENTS: Final = 300_000
-"""...but at high rates for at most this many events of history, made and not sent."""
 _MAX_DURATION_S: Final = 3650 * 86400.0
 """Longest backfill window: ten years back from now stays well after 1970, the earliest
 ``occurred_at`` the contract accepts."""
@@ -219,9 +215,8 @@ def _parser() -> argparse.ArgumentParser:
         "--rate",
         type=_rate,
         help="events per second; 0 = as fast as possible (default: 50 live, 0 with --backfill). "
-        "Live, traffic runs at this rate from the first event: the simulation starts 10 "
-        "minutes earlier (less at high rates), with sessions under way, and sends only the "
-        "events from now on",
+        "Live, this is the steady rate: traffic builds up as visitors arrive and their "
+        "sessions get under way (about 40%% of it in the first minute, 95%% after ten)",
     )
     what.add_argument(
         "--backfill",
@@ -442,20 +437,9 @@ def _messages(args: argparse.Namespace, seed: int) -> Iterator[WireEvent]:
             config, seed=seed, clock=clock, window=args.backfill, count=args.count
         )
     elif args.rate > 0:
-        # Live. Sessions last minutes: a shop that opens now reaches its rate only after about
-        # ten. So the simulation starts earlier, and only events from now on are sent.
-        now = clock()
-        warm_up = timedelta(seconds=min(WARM_UP_SECONDS, WARM_UP_EVENTS / args.rate))
         simulator = TrafficSimulator(
-            replace(config, events_per_second=args.rate),
-            seed=seed,
-            clock=clock,
-            start=now - warm_up,
+            replace(config, events_per_second=args.rate), seed=seed, clock=clock
         )
-        first_ms = int(now.timestamp() * 1000)
-        stream = _validated(simulator.events()) if args.validate else simulator.messages()
-        live = dropwhile(lambda message: message[2] < first_ms, stream)
-        return live if args.count < 0 else islice(live, args.count)
     else:
         # Unpaced live traffic: simulated time runs ahead of the clock, so events are stamped
         # no later than "now" (a consumer rejects events from the future).

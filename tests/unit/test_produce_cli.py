@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import subprocess
@@ -295,23 +294,3 @@ def test_a_configuration_that_would_make_invalid_or_impossible_traffic_exits_2(
 ) -> None:
     assert produce.main(["--stdout", "--progress", "log", *argv]) == 2
     assert capsysbinary.readouterr().out == b""  # not one event
-
-
-def test_live_traffic_runs_at_its_rate_from_the_first_event() -> None:
-    # Sessions last minutes: a shop opening with the first event sends about 40% of the rate in
-    # its first minute and 80% after four. Live traffic starts with sessions under way instead.
-    args = argparse.Namespace(
-        conversion_rate=0.03,
-        site_url="https://shop.example.com",
-        backfill=None,
-        rate=500.0,
-        validate=False,
-        count=6000,
-    )
-    before_ms = int(datetime.now(UTC).timestamp() * 1000)
-    messages = list(produce._messages(args, seed=9))
-    assert len(messages) == 6000
-    first_ms, last_ms = messages[0][2], messages[-1][2]
-    assert before_ms <= first_ms <= int(datetime.now(UTC).timestamp() * 1000)
-    # 6000 events at 500/s is 12 s of event time (from a standing start it took about 25 s).
-    assert 10.0 < (last_ms - first_ms) / 1000 < 14.0
