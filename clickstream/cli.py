@@ -38,11 +38,15 @@ class _NoTraceback(logging.Filter):
 def configure_logging(level: str) -> None:
     """Log to stderr with timestamps; stdout stays free for results and summaries.
 
-    At ``INFO`` and above, the OpenSearch client's warnings keep their message but lose the
-    traceback it attaches to every failed request (``DEBUG`` keeps it).
+    Below ``DEBUG``, the OpenSearch client logs only warnings (not one line per request), and
+    they keep their message but lose the traceback it attaches to every failed request
+    (``DEBUG`` keeps both).
     """
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
     search_log = logging.getLogger("opensearch")
+    # The OpenSearch client logs every request at INFO: several lines a second from a busy
+    # consumer, burying its own progress lines. Its warnings (failed requests) still show.
+    search_log.setLevel(logging.NOTSET if level == "DEBUG" else logging.WARNING)
     filters = [f for f in search_log.filters if isinstance(f, _NoTraceback)]
     if level != "DEBUG" and not filters:
         search_log.addFilter(_NoTraceback())

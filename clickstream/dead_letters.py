@@ -66,7 +66,7 @@ _TERMINAL_CODES: Final = frozenset(
     }
 )
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("clickstream.dead_letters")  # also when run as __main__
 
 
 class KafkaDeadLetterSink:

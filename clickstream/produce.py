@@ -54,7 +54,7 @@ from clickstream.simulator import (
 
 __all__ = ["GC_THRESHOLDS", "ExitCode", "main", "parse_duration", "tune_garbage_collector"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("clickstream.produce")  # also when run as __main__
 
 
 class ExitCode(IntEnum):

@@ -26,7 +26,7 @@ from clickstream.settings import load_settings
 
 __all__ = ["TopicOutcome", "TopicResult", "TopicSpec", "ensure_topics", "main"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("clickstream.topics")  # also when run as __main__
 
 _DAY_MS = 24 * 3600 * 1000
 

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from clickstream.db import make_engine, normalize_url, refused_connection
 from clickstream.db.models import Base, UtcDateTime
+from clickstream.errors import ConfigError
 from clickstream.settings import load_settings
 
 config = context.config
@@ -35,7 +36,10 @@ def _database_url() -> str:
     url = config.get_alembic_option("sqlalchemy.url")
     if isinstance(url, str) and url:
         return url
-    return load_settings(role="admin").database_url.get_secret_value()
+    try:
+        return load_settings(role="admin").database_url.get_secret_value()
+    except ConfigError as exc:  # the alembic command prints a CommandError as one line
+        raise CommandError(" ".join(str(exc).split())) from exc
 
 
 def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:

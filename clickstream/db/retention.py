@@ -57,7 +57,7 @@ __all__ = [
     "purge_events_before",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("clickstream.db.retention")  # also when run as __main__
 
 DEFAULT_BATCH_SIZE: Final = 10_000
 _MINUTE: Final = timedelta(minutes=1)

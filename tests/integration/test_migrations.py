@@ -168,6 +168,23 @@ def test_alembic_command_line_from_the_repository_root(url: str):
     assert _schema(url) == _expected_head_schema()
 
 
+def test_alembic_says_in_one_line_which_setting_is_wrong():
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CLICKSTREAM_")}
+    env["CLICKSTREAM_SESSION_GAP_SECONDS"] = "abc"
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "FAILED: invalid settings: CLICKSTREAM_SESSION_GAP_SECONDS:" in output
+    assert "Traceback" not in output
+
+
 @pytest.mark.integration
 def test_alembic_says_in_one_line_that_the_database_refused_the_password(database_url: str):
     wrong = make_url(database_url).set(password="not-the-password")

@@ -36,3 +36,21 @@ def test_debug_keeps_the_traceback(caplog: pytest.LogCaptureFixture) -> None:
         _warn_with_traceback()
     assert "ConnectionRefusedError: connection refused" in caplog.text
     configure_logging("INFO")
+
+
+def test_the_opensearch_client_s_request_lines_are_left_out_below_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The client logs every request at INFO: a busy consumer's own lines drowned in them.
+    configure_logging("INFO")
+    request = logging.getLogger("opensearch")
+    with caplog.at_level(logging.INFO):
+        request.info("POST http://127.0.0.1:19200/_bulk [status:200 request:0.010s]")
+        request.warning("POST http://127.0.0.1:19200/_bulk [status:429 request:0.010s]")
+    assert "status:200" not in caplog.text
+    assert "status:429" in caplog.text
+    configure_logging("DEBUG")
+    with caplog.at_level(logging.DEBUG):
+        request.info("GET http://127.0.0.1:19200/ [status:200 request:0.001s]")
+    assert "GET http://127.0.0.1:19200/" in caplog.text
+    configure_logging("INFO")

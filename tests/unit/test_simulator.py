@@ -648,7 +648,7 @@ def test_every_page_url_on_an_allowed_site_url_passes_the_contract(url: str) -> 
 
 
 def test_a_backfill_too_dense_for_the_simulator_is_refused_with_what_fits() -> None:
-    with pytest.raises(ConfigError, match="too dense: about [0-9,]+ at most fit"):
+    with pytest.raises(ConfigError, match=r"too dense: about [0-9,]+ at most fit"):
         TrafficSimulator.backfill(
             seed=1, clock=fixed_clock, window=timedelta(seconds=1), count=10**12
         )
