@@ -37,8 +37,8 @@ compile: $(STAMP) ## Compile the traffic simulator with mypyc (again); make inst
 
 install: $(STAMP) $(COMPILED) ## Create .venv, install the package with its dev extras, compile the simulator
 
-demo: install ## Run the embedded demo (no servers, no cloud account): producer, consumer, dashboard
-	$(PY) -m clickstream.demo
+demo: install ## Run the embedded demo (no servers, no cloud account): producer, consumer, dashboard (DEMO_ARGS="--port 9000" passes flags)
+	$(PY) -m clickstream.demo $(DEMO_ARGS)
 
 system-deps: ## Install the Debian packages the tests need (PostgreSQL, Chromium, a JDK, Maven, a C compiler), if missing
 	@PYTHON=$(PYTHON) bash scripts/system-deps.sh

@@ -817,12 +817,23 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
+    parser.add_argument(
+        "--bootstrap-servers",
+        help="Kafka bootstrap servers, host:port,... (default: "
+        "$CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:19092)",
+    )
     parser.add_argument("--topic", help="events topic (default clickstream.events)")
     parser.add_argument("--dlq-topic", help="dead-letter topic (default clickstream.events.dlq)")
     parser.add_argument("--group", help="consumer group id (default clickstream-consumer)")
-    parser.add_argument("--database-url", help="SQLAlchemy URL of the database")
-    parser.add_argument("--opensearch-url", help="OpenSearch URL (empty: sink off)")
+    parser.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL of the database (default: $CLICKSTREAM_DATABASE_URL or "
+        "sqlite:///clickstream.db)",
+    )
+    parser.add_argument(
+        "--opensearch-url",
+        help="OpenSearch URL (default: $CLICKSTREAM_OPENSEARCH_URL; empty: sink off)",
+    )
     parser.add_argument("--no-opensearch", action="store_true", help="do not index into OpenSearch")
     parser.add_argument(
         "--batch-size",

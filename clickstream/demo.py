@@ -291,7 +291,12 @@ def _run(
     try:
         server = DashboardServer(app, host=options.host, port=options.port)
     except OSError as exc:
-        _log.error("cannot listen on %s:%d: %s", options.host, options.port, exc)
+        _log.error(
+            "cannot listen on %s:%d: %s (another port: --port N, or --port 0 for any free one)",
+            options.host,
+            options.port,
+            exc,
+        )
         producer.flush(timeout=5)
         engine.dispose()
         return 2

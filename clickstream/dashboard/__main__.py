@@ -114,7 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.error("%s", exc)
         return 2
     except OSError as exc:
-        _log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
+        _log.error(
+            "cannot listen on %s:%d: %s (another port: --port N, or --port 0 for any free one)",
+            args.host,
+            args.port,
+            exc,
+        )
         return 2
     stopped = threading.Event()
 
