@@ -50,8 +50,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from clickstream.cli import add_log_level, configure_logging
-from clickstream.db import make_engine, refused_connection
+from clickstream.cli import add_log_level, configure_logging, whole_number
+from clickstream.db import make_engine, refusal_error
 from clickstream.db.models import (
     UtcDateTime,
     events_table,
@@ -879,15 +879,6 @@ def _moment(text: str) -> datetime:
 _moment.__name__ = "date-time"
 
 
-def _minutes(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= _MAX_REPORT_MINUTES:
-        msg = f"must lie in 1..{_MAX_REPORT_MINUTES}, got {text}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-_minutes.__name__ = "int"
 _MAX_REPORT_MINUTES: Final = 366 * 24 * 60
 
 
@@ -916,14 +907,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--minutes",
-        type=_minutes,
+        type=whole_number(1, _MAX_REPORT_MINUTES),
         default=60,
         help="the last N whole minutes, the current one included (default 60)",
     )
     parser.add_argument("--start", type=_moment, help="start of the range (with --end)")
     parser.add_argument("--end", type=_moment, help="end of the range, excluded (with --start)")
     parser.add_argument(
-        "--limit", type=_minutes, default=5, help="rows per table (default 5)", metavar="N"
+        "--limit",
+        type=whole_number(1, 100),
+        default=5,
+        help="rows per table (default 5)",
+        metavar="N",
     )
     parser.add_argument("--json", action="store_true", help="one JSON document, as /api/dashboard")
     parser.add_argument("--database-url", help="SQLAlchemy URL of the database to read")
@@ -957,13 +952,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with snapshot(engine) as conn:
             board = dashboard(conn, time_range=time_range, now=now, limit=args.limit)
     except DBAPIError as exc:
-        refused = refused_connection(exc)
+        refused = refusal_error(exc)
         if refused is not None:
-            _log.error(
-                "the database refused the connection: %s; check CLICKSTREAM_DATABASE_URL "
-                "(or --database-url)",
-                refused,
-            )
+            _log.error("%s", refused)
             return 2
         _log.error(
             "cannot read the database (%s): %s (is the schema there? `alembic upgrade head`)",

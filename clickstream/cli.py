@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from typing import Final
 
-__all__ = ["LOG_FORMAT", "add_log_level", "configure_logging"]
+__all__ = ["LOG_FORMAT", "add_log_level", "configure_logging", "number", "whole_number"]
 
 LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -53,3 +54,32 @@ def configure_logging(level: str) -> None:
     elif level == "DEBUG":
         for found in filters:
             search_log.removeFilter(found)
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high`` (no upper bound if None)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            span = f"from {low:,} to {high:,}" if high is not None else f"of at least {low:,}"
+            msg = f"must be a whole number {span}, got {text}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'abc'"
+    return parse
+
+
+def number(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number from ``low`` to ``high`` (so finite, and never NaN)."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low <= value <= high:
+            msg = f"must be a number from {low:g} to {high:g}, got {text}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    parse.__name__ = "float"  # argparse names the type in "invalid float value: 'abc'"
+    return parse

@@ -27,7 +27,7 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
 from clickstream.cli import add_log_level, configure_logging
-from clickstream.db import make_engine, refused_connection
+from clickstream.db import make_engine, refusal_error
 from clickstream.db.models import Base
 from clickstream.dead_letters import KafkaDeadLetterSink
 from clickstream.errors import ClickstreamError, ConfigError, TransientError
@@ -126,13 +126,9 @@ def _check_schema(engine: Engine, stop: threading.Event) -> None:
         try:
             missing = _schema_gaps(engine)
         except DBAPIError as exc:
-            refused = refused_connection(exc)
+            refused = refusal_error(exc)
             if refused is not None:
-                msg = (
-                    f"the database refused the connection: {refused}; check "
-                    "CLICKSTREAM_DATABASE_URL (or --database-url)"
-                )
-                raise ConfigError(msg) from exc
+                raise refused from exc
             if stop.is_set():
                 raise _Stopped from exc
             delay = _backoff(attempt)

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from clickstream.cli import add_log_level, configure_logging
+from clickstream.cli import add_log_level, configure_logging, number, whole_number
 from clickstream.errors import ConfigError, DeliveryError, TransientError
 from clickstream.kafka import (
     DLQ_MAX_MESSAGE_BYTES,
@@ -468,7 +468,7 @@ def _parser() -> argparse.ArgumentParser:
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
         "--last",
-        type=_positive,
+        type=whole_number(1),
         default=20,
         metavar="N",
         help="the newest N letters of each partition (default 20)",
@@ -484,23 +484,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=number(0.1, 3600),
         default=30.0,
-        help="seconds to wait for Kafka (default 30)",
+        help="seconds to wait for Kafka, 0.1 to 3600 (default 30)",
     )
     add_log_level(parser)
     return parser
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        msg = f"must be at least 1, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-_positive.__name__ = "int"  # argparse says "invalid int value: 'abc'"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,7 +38,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from clickstream.cli import add_log_level
+from clickstream.cli import add_log_level, number, whole_number
 from clickstream.errors import ClickstreamError, ConfigError, DeliveryError, TransientError
 from clickstream.producer import COMPRESSION_TYPES, EventProducer, ProducerTuning, producer_config
 from clickstream.settings import load_settings
@@ -132,20 +132,6 @@ def _rate(text: str) -> float:
 _rate.__name__ = "float"  # argparse says "invalid float value: 'abc'"
 
 
-def _seconds(low: float, high: float) -> Callable[[str], float]:
-    """An argparse type: a number of seconds in ``[low, high]`` (so finite)."""
-
-    def parse(text: str) -> float:
-        value = float(text)
-        if not low <= value <= high:
-            msg = f"must be between {low:g} and {high:,.0f} seconds, got {text}"
-            raise argparse.ArgumentTypeError(msg)
-        return value
-
-    parse.__name__ = "float"  # argparse names the type in "invalid float value: 'abc'"
-    return parse
-
-
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -166,18 +152,6 @@ def _count(text: str) -> int:
 
 
 _count.__name__ = "int"  # argparse says "invalid int value: 'abc'"
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        # random.Random uses abs(seed): -5 would make the events (and event ids) of 5.
-        msg = f"must be a whole number >= 0, got {text}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-_seed.__name__ = "int"  # argparse says "invalid int value: 'abc'"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -226,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     what.add_argument(
         "--seed",
-        type=_seed,
+        type=whole_number(0),
         help="random seed, a whole number >= 0; the same seed gives the same events "
         "(default: random)",
     )
@@ -282,13 +256,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     tuning.add_argument(
         "--connect-timeout",
-        type=_seconds(0.1, 3600.0),
+        type=number(0.1, 3600.0),
         default=10.0,
         help="seconds to wait for the broker at start before giving up (default: %(default)s)",
     )
     tuning.add_argument(
         "--delivery-timeout",
-        type=_seconds(0.001, _MAX_DELIVERY_TIMEOUT_S),
+        type=number(0.001, _MAX_DELIVERY_TIMEOUT_S),
         default=defaults.delivery_timeout_s,
         help="seconds a message may wait for acknowledgement, retries included "
         "(default: %(default)s)",
@@ -303,7 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     output.add_argument(
         "--log-interval",
-        type=_seconds(0.1, 86400.0),
+        type=number(0.1, 86400.0),
         default=10.0,
         help="seconds between progress log lines (default: %(default)s)",
     )

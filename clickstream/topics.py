@@ -19,7 +19,7 @@ from typing import Any, Final
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from clickstream.cli import add_log_level, configure_logging
+from clickstream.cli import add_log_level, configure_logging, number, whole_number
 from clickstream.errors import ClickstreamError, ConfigError, TerminalError, TransientError
 from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES, kafka_client_config, librdkafka_logger
 from clickstream.settings import load_settings
@@ -29,6 +29,7 @@ __all__ = ["TopicOutcome", "TopicResult", "TopicSpec", "ensure_topics", "main"]
 logger = logging.getLogger("clickstream.topics")  # also when run as __main__
 
 _DAY_MS = 24 * 3600 * 1000
+_MAX_RETENTION_DAYS: Final = 36_500
 
 
 @dataclass(frozen=True)
@@ -175,78 +176,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--partitions",
-        type=_positive_int,
+        type=whole_number(1),
         default=6,
         help="partitions of the events topic: the most consumers that can share the work "
         "(default: %(default)s)",
     )
     parser.add_argument(
         "--dlq-partitions",
-        type=_positive_int,
+        type=whole_number(1),
         default=1,
         help="partitions of the dead-letter topic (default: %(default)s)",
     )
     parser.add_argument(
         "--replication-factor",
-        type=_positive_int,
+        type=whole_number(1),
         default=1,
         help="copies of each partition; 1 for a single local broker (default: %(default)s)",
     )
     parser.add_argument(
         "--retention-days",
-        type=_days,
+        type=whole_number(1, _MAX_RETENTION_DAYS),
         default=7,
         help="how long the events topic keeps messages (default: %(default)s)",
     )
     parser.add_argument(
         "--dlq-retention-days",
-        type=_days,
+        type=whole_number(1, _MAX_RETENTION_DAYS),
         default=30,
         help="how long the dead-letter topic keeps messages (default: %(default)s)",
     )
     parser.add_argument(
         "--timeout",
-        type=_timeout,
+        type=number(0.1, 3600),
         default=15.0,
         help="seconds to wait for the cluster, 0.1 to 3600 (default: %(default)s)",
     )
     add_log_level(parser)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        msg = f"must be a positive integer, got {text}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-_positive_int.__name__ = "int"  # argparse says "invalid int value: 'abc'"
-
-_MAX_RETENTION_DAYS: Final = 36_500
-
-
-def _days(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= _MAX_RETENTION_DAYS:
-        msg = f"must be a whole number of days in 1..{_MAX_RETENTION_DAYS}, got {text}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-_days.__name__ = "int"  # argparse says "invalid int value: 'abc'"
-
-
-def _timeout(text: str) -> float:
-    value = float(text)
-    if not 0.1 <= value <= 3600:  # also refuses nan
-        msg = f"must be a number of seconds in 0.1..3600, got {text}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-_timeout.__name__ = "float"  # argparse says "invalid float value: 'abc'"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from clickstream.cli import add_log_level, configure_logging
 from clickstream.dashboard.server import DashboardApp, DashboardServer
-from clickstream.db import make_engine, refused_connection
+from clickstream.db import make_engine, refusal_error
 from clickstream.errors import ClickstreamError, ConfigError
 from clickstream.settings import load_settings
 
@@ -40,13 +40,9 @@ def _check_schema(engine: Engine) -> None:
     try:
         tables = set(inspect(engine).get_table_names())
     except DBAPIError as exc:
-        refused = refused_connection(exc)
+        refused = refusal_error(exc)
         if refused is not None:
-            msg = (
-                f"the database refused the connection: {refused}; check "
-                "CLICKSTREAM_DATABASE_URL (or --database-url)"
-            )
-            raise ConfigError(msg) from exc
+            raise refused from exc
         _log.warning("the database is unreachable for now (%s); serving anyway", exc.orig)
         return
     missing = {"events", "sessions", "traffic_minute"} - tables

@@ -20,6 +20,7 @@ __all__ = [
     "SQLITE_BUSY_TIMEOUT_MS",
     "make_engine",
     "normalize_url",
+    "refusal_error",
     "refused_connection",
 ]
 
@@ -144,3 +145,17 @@ def refused_connection(exc: DBAPIError) -> str | None:
             server_said = text[text.find("FATAL:") :].strip() if "FATAL:" in text else found[0]
             return f"{meaning} ({' '.join(server_said.split())})"
     return None
+
+
+def refusal_error(exc: DBAPIError) -> ConfigError | None:
+    """The configuration error to stop with when PostgreSQL refused a connection for good.
+
+    It names the setting to fix; ``None`` when the failure may pass (wait and retry).
+    """
+    reason = refused_connection(exc)
+    if reason is None:
+        return None
+    return ConfigError(
+        f"the database refused the connection: {reason}; check CLICKSTREAM_DATABASE_URL "
+        "(or --database-url)"
+    )

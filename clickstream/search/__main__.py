@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from clickstream.cli import add_log_level, configure_logging
+from clickstream.cli import add_log_level, configure_logging, whole_number
 from clickstream.errors import ClickstreamError, ConfigError
 from clickstream.search.client import make_client, redact_url
 from clickstream.search.dashboards import import_dashboards
@@ -34,28 +34,6 @@ exit status: 0 done, 1 OpenSearch/Dashboards refused or is unavailable, 2 bad se
 """
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        msg = f"must be at least 1, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-_positive.__name__ = "int"  # argparse says "invalid int value: 'abc'"
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        msg = f"must be at least 0, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-_non_negative.__name__ = "int"  # argparse says "invalid int value: 'abc'"
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m clickstream.search",
@@ -78,17 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     setup.add_argument("--prefix", help="index prefix (default clickstream)")
     setup.add_argument(
         "--shards",
-        type=_positive,
+        type=whole_number(1),
         help="primary shards of new indices (CLICKSTREAM_OPENSEARCH_SHARDS, default 1)",
     )
     setup.add_argument(
         "--replicas",
-        type=_non_negative,
+        type=whole_number(0),
         help="replicas of new indices (CLICKSTREAM_OPENSEARCH_REPLICAS, default 0)",
     )
     setup.add_argument(
         "--retention-days",
-        type=_positive,
+        type=whole_number(1),
         help="delete event indices this many days after creation "
         f"(CLICKSTREAM_OPENSEARCH_RETENTION_DAYS, default {DEFAULT_RETENTION_DAYS})",
     )
@@ -107,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--prefix", help="index prefix (default clickstream)")
     prune.add_argument(
         "--older-than-days",
-        type=_positive,
+        type=whole_number(1),
         default=DEFAULT_RETENTION_DAYS,
         help="delete sessions that ended more than this many days ago (default %(default)s)",
     )
