@@ -14,13 +14,19 @@ LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def add_log_level(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """Add ``--log-level`` (case-insensitive, default INFO)."""
+def add_log_level(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, subcommand: bool = False
+) -> None:
+    """Add ``--log-level`` (case-insensitive, default INFO).
+
+    ``subcommand=True`` adds it to a subcommand's parser too, without a default of its own
+    (which would override a ``--log-level`` given before the subcommand).
+    """
     parser.add_argument(
         "--log-level",
         type=str.upper,
         choices=_LEVELS,
-        default="INFO",
+        default=argparse.SUPPRESS if subcommand else "INFO",
         help="logging level: DEBUG, INFO, WARNING or ERROR (default INFO)",
     )
 

@@ -89,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_RETENTION_DAYS,
         help="delete sessions that ended more than this many days ago (default %(default)s)",
     )
+    for command in (setup, dashboards, prune):  # after the command, as before it
+        add_log_level(command, subcommand=True)
     return parser
 
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from clickstream.search.__main__ import main
+from clickstream.search.__main__ import _parser, main
 
 
 @pytest.fixture(autouse=True)
@@ -57,3 +57,16 @@ def test_unreachable_opensearch_exits_1(caplog: pytest.LogCaptureFixture) -> Non
     assert main(["setup", "--opensearch-url", f"http://user:secret@127.0.0.1:{port}"]) == 1
     assert "unreachable" in caplog.text
     assert "secret" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        (["setup"], "INFO"),
+        (["setup", "--log-level", "warning"], "WARNING"),
+        (["--log-level", "debug", "setup"], "DEBUG"),
+        (["--log-level", "debug", "prune-sessions", "--log-level", "error"], "ERROR"),
+    ],
+)
+def test_log_level_may_come_before_or_after_the_command(argv: list[str], level: str) -> None:
+    assert _parser().parse_args(argv).log_level == level
