@@ -73,7 +73,9 @@ def _parser() -> argparse.ArgumentParser:
             "/api/countries, /api/map, /api/devices, /api/funnel, /api/paths,\n"
             "/api/current-visitors; each takes ?minutes=N or ?start=...&end=... (RFC 3339).\n"
             "The server listens on 127.0.0.1 unless --host says otherwise; it has no login,\n"
-            "so put it behind an authenticating proxy before exposing it."
+            "so put it behind an authenticating proxy before exposing it.\n"
+            "Exit status: 0 stopped by SIGINT/SIGTERM, 2 bad arguments or settings, a database\n"
+            "without the schema or that refuses the connection, or a port in use."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -41,6 +41,7 @@ from typing import Final
 from sqlalchemy import Column, Connection, Engine, delete, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from clickstream.cli import add_log_level
 from clickstream.db import make_engine
 from clickstream.db.models import events_table, sessions_table, traffic_minute_table
 from clickstream.errors import ClickstreamError, TerminalError, TransientError
@@ -312,7 +313,9 @@ def _parser() -> argparse.ArgumentParser:
             "    retention shorter than this age;\n"
             "  - a session that started before the cutoff and ended after it keeps its row\n"
             "    while its oldest events are deleted; a late event for it makes the consumer\n"
-            "    rebuild it from the events that remain."
+            "    rebuild it from the events that remain.\n\n"
+            "Exit status: 0 done, 1 the purge failed (batches already deleted stay deleted: run\n"
+            "it again), 2 bad arguments."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -341,13 +344,15 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only count what would be deleted",
     )
+    add_log_level(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m clickstream.db.retention``; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    # Progress is this command's output: plain lines on stdout (--log-level WARNING: quiet).
+    logging.basicConfig(level=args.log_level, format="%(message)s", stream=sys.stdout)
     cutoff = datetime.now(UTC) - args.older_than
     try:
         settings = load_settings(role="admin", overrides={"database_url": args.database_url})
