@@ -325,8 +325,14 @@ def _run(
         delivered = producer.stats.delivered
         if not interrupted and not failed.is_set():
             _drain(engine, delivered, failed)
+        # Closing clients of the in-process cluster log "FAIL ... Disconnected" at INFO: the
+        # expected end of a connection here, not a fault (warnings still show).
+        client_log = logging.getLogger("clickstream.librdkafka")
+        client_level = client_log.level
+        client_log.setLevel(logging.WARNING)
         consumer_stop.set()
         consumer.join(timeout=60)
+        client_log.setLevel(client_level)
         server.close()
         stored = _stored(engine)
         engine.dispose()
