@@ -31,35 +31,17 @@ def add_log_level(
     )
 
 
-class _NoTraceback(logging.Filter):
-    """Keep a record's message, drop its traceback (the OpenSearch client attaches one to every
-    failed request, some 50 lines per retry during an outage; our own line says what failed)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR:
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
 def configure_logging(level: str) -> None:
     """Log to stderr with timestamps; stdout stays free for results and summaries.
 
-    Below ``DEBUG``, the OpenSearch client logs only warnings (not one line per request), and
-    they keep their message but lose the traceback it attaches to every failed request
-    (``DEBUG`` keeps both).
+    Below ``DEBUG``, the OpenSearch client's own lines are left out, errors apart: it logs
+    every request at INFO (several lines a second from a busy consumer) and every failed
+    attempt at WARNING with a traceback, while the sink logs each retry in one line of its
+    own. ``DEBUG`` keeps them all.
     """
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    search_log = logging.getLogger("opensearch")
-    # The OpenSearch client logs every request at INFO: several lines a second from a busy
-    # consumer, burying its own progress lines. Its warnings (failed requests) still show.
-    search_log.setLevel(logging.NOTSET if level == "DEBUG" else logging.WARNING)
-    filters = [f for f in search_log.filters if isinstance(f, _NoTraceback)]
-    if level != "DEBUG" and not filters:
-        search_log.addFilter(_NoTraceback())
-    elif level == "DEBUG":
-        for found in filters:
-            search_log.removeFilter(found)
+    client = logging.getLogger("opensearch")
+    client.setLevel(logging.NOTSET if level == "DEBUG" else logging.ERROR)
 
 
 def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:

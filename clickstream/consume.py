@@ -577,6 +577,8 @@ class _Inflight:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="index-events")
         self._failed: list[Message] = []
         self._pending: tuple[Sequence[Message], StoredBatch, Future[list[DeadLetter]]] | None = None
+        self.indexed = False
+        """Whether the last batch settled was indexed (False after a failure, until one is)."""
 
     def start(self, batch: Sequence[Message], stored: StoredBatch) -> None:
         """Index ``stored`` in the thread; call :meth:`settle` first if a batch is pending."""
@@ -603,8 +605,10 @@ class _Inflight:
         try:
             report = self._processor.complete(stored, future.result)
         except TransientError as exc:
+            self.indexed = False
             _log.warning("batch stored but not indexed (%s); it will be consumed again", exc)
             return batch
+        self.indexed = True
         _commit(self._consumer, batch)
         self._progress.total.add(report)
         return ()
@@ -653,26 +657,32 @@ def _consume(
         nonlocal failures
         delay = _backoff(failures)
         failures += 1
-        _log.warning("batch not stored (%s); retrying in %.1fs", problem, delay)
+        _log.warning("%s; reading the batch again in %.1fs", problem, delay)
         _rewind(consumer, batch)
         stop.wait(delay)
+
+    def unindexed() -> TransientError:
+        return TransientError(
+            "OpenSearch is unavailable (the batch is stored in the database and will be "
+            "indexed when read again)"
+        )
 
     while not stop.is_set():
         if sync is not None:
             sync.check()
         serve()
         if inflight is not None and inflight.ready() and (failed := inflight.settle()):
-            retry_later(TransientError("OpenSearch is unavailable"), failed)
+            retry_later(unindexed(), failed)
             continue
         messages = consumer.consume(options.batch_size, options.poll_timeout)
         batch = [m for m in messages if not _is_error(m)]
         if inflight is not None and (failed := inflight.take_failed()):
             # settled in a rebalance during consume(): read it again, with what came after it
-            retry_later(TransientError("OpenSearch is unavailable"), [*failed, *batch])
+            retry_later(unindexed(), [*failed, *batch])
             continue
         if not batch:
             if inflight is not None and (failed := inflight.settle()):
-                retry_later(TransientError("OpenSearch is unavailable"), failed)
+                retry_later(unindexed(), failed)
                 continue
             progress.maybe_log(consumer)
             idle = time.monotonic() - last_message
@@ -692,7 +702,7 @@ def _consume(
             try:
                 report = processor.process(batch)
             except TransientError as exc:
-                retry_later(exc, batch)
+                retry_later(TransientError(f"batch not stored ({exc})"), batch)
                 continue
             failures = 0
             _commit(consumer, batch)
@@ -702,13 +712,16 @@ def _consume(
         try:
             stored = processor.store(batch)
         except TransientError as exc:
-            retry_later(exc, [*inflight.settle(), *batch])
+            retry_later(TransientError(f"batch not stored ({exc})"), [*inflight.settle(), *batch])
             continue
         if failed := inflight.settle():
             processor.owe(stored)  # stored, but read again with the batch before it
-            retry_later(TransientError("OpenSearch is unavailable"), [*failed, *batch])
+            retry_later(unindexed(), [*failed, *batch])
             continue
-        failures = 0
+        if inflight.indexed:
+            # Only once OpenSearch took a batch: a batch read again after an indexing failure
+            # is stored at once (the database has it), which says nothing about OpenSearch.
+            failures = 0
         inflight.start(batch, stored)
         progress.maybe_log(consumer)
     if inflight is not None:

@@ -100,3 +100,22 @@ def test_a_failure_settled_in_a_rebalance_is_handed_to_the_loop_not_rewound_ther
     assert list(inflight.take_failed()) == batch
     assert list(inflight.take_failed()) == []
     inflight.close()
+
+
+def test_indexed_says_whether_the_last_settled_batch_reached_opensearch() -> None:
+    # The loop's backoff restarts only once OpenSearch took a batch: a batch read again after
+    # an indexing failure is stored at once (the database has it) and says nothing about it.
+    processor = Processor(fail=True)
+    processor.release.set()
+    inflight, _, _ = _inflight(processor)
+    assert not inflight.indexed
+    inflight.start([Message(0, 5)], "stored")  # type: ignore[arg-type]
+    assert list(inflight.settle()) == [Message(0, 5)]
+    assert not inflight.indexed
+    assert inflight.settle() == ()  # nothing pending: still not indexed
+    assert not inflight.indexed
+    processor.fail = False
+    inflight.start([Message(0, 5)], "stored")  # type: ignore[arg-type]
+    assert inflight.settle() == ()
+    assert inflight.indexed
+    inflight.close()
