@@ -91,6 +91,7 @@ __all__ = [
     "kpis",
     "main",
     "map_points",
+    "parse_moment",
     "render_report",
     "snapshot",
     "sources",
@@ -864,16 +865,28 @@ def render_report(board: Dashboard) -> str:
     return "\n".join(lines)
 
 
-def _moment(text: str) -> datetime:
+def parse_moment(text: str) -> datetime:
+    """An RFC 3339 date-time with an offset (``Z`` or ``+hh:mm``), as a range bound.
+
+    Raises:
+        ValueError: not such a date-time; the message says what is expected.
+    """
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        msg = f"expected an RFC 3339 date-time with an offset (2026-11-30T12:00:00Z), got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
+        msg = "must be an RFC 3339 date-time with an offset (e.g. 2026-11-30T12:00:00Z)"
+        raise ValueError(msg) from None
     if value.utcoffset() is None:
-        msg = f"needs an offset (Z or +hh:mm): {text!r}"
-        raise argparse.ArgumentTypeError(msg)
+        msg = "needs an offset (e.g. Z or +02:00)"
+        raise ValueError(msg)
     return value
+
+
+def _moment(text: str) -> datetime:
+    try:
+        return parse_moment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
 
 
 _moment.__name__ = "date-time"

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +46,8 @@ from sqlalchemy import Connection, Engine, select
 
 from clickstream import analytics
 from clickstream.analytics import Bucket, TimeRange
+from clickstream.db import make_engine
+from clickstream.db.migrate import upgrade
 from clickstream.db.models import sessions_table
 from clickstream.events import ClickEvent
 from clickstream.store import PositionedEvent, SessionRules, write_batch
@@ -166,6 +169,18 @@ def load(engine: Engine) -> None:
     events = list(reversed(click_events()))
     store(engine, events[:15])
     store(engine, events[15:])
+
+
+def sqlite_database(directory: Path) -> str:
+    """The URL of a SQLite database in ``directory``, migrated and loaded with the data set."""
+    url = f"sqlite:///{directory / 'analytics.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        load(engine)
+    finally:
+        engine.dispose()
+    return url
 
 
 # Sessions by hand: (user, started, ended, events, page views, purchases, revenue, bounced,

@@ -33,7 +33,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from clickstream import analytics
-from clickstream.analytics import Bucket, TimeRange
+from clickstream.analytics import Bucket, TimeRange, parse_moment
 
 __all__ = [
     "DEFAULT_MINUTES",
@@ -137,19 +137,11 @@ _UNENCODED_PLUS: Final = re.compile(r" (\d{2}:\d{2})$")
 
 def _moment(query: Mapping[str, list[str]], name: str) -> datetime:
     raw = _single(query, name) or ""
-    text = _UNENCODED_PLUS.sub(r"+\1", raw)
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        msg = (
-            f"parameter {name!r} must be an RFC 3339 date-time with an offset, got {raw!r} "
-            "(write a '+' in an address as %2B)"
-        )
+        return parse_moment(_UNENCODED_PLUS.sub(r"+\1", raw))
+    except ValueError as exc:
+        msg = f"parameter {name!r} {exc}, got {raw!r} (write a '+' in an address as %2B)"
         raise _BadRequest(msg) from None
-    if value.tzinfo is None:
-        msg = f"parameter {name!r} needs an offset (e.g. Z or +02:00), got {raw!r}"
-        raise _BadRequest(msg)
-    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,15 +16,12 @@ from sqlalchemy import Connection, Engine
 from clickstream.analytics import Bucket, TimeRange, choose_bucket
 from clickstream.db import make_engine
 from clickstream.db.migrate import upgrade
-from tests.analytics_cases import AnalyticsCases, load
+from tests.analytics_cases import AnalyticsCases, sqlite_database
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('analytics') / 'analytics.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    load(engine)
+    engine = make_engine(sqlite_database(tmp_path_factory.mktemp("analytics")))
     yield engine
     engine.dispose()
 

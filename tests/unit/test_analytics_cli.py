@@ -5,27 +5,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from clickstream.analytics import main as analytics_main
-from clickstream.db import make_engine
-from clickstream.db.migrate import upgrade
-from tests.analytics_cases import load
+from tests.analytics_cases import sqlite_database
 
 HOUR = ["--start", "2024-06-01T12:00:00Z", "--end", "2024-06-01T13:00:00Z"]
 
 
 @pytest.fixture(scope="module")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('report') / 'report.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    load(engine)
-    engine.dispose()
-    yield url
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return sqlite_database(tmp_path_factory.mktemp("report"))
 
 
 def test_the_report_prints_the_hand_computed_figures(

@@ -22,18 +22,14 @@ from sqlalchemy import Engine
 from clickstream.dashboard import DashboardApp, DashboardServer, to_json
 from clickstream.dashboard.__main__ import main as dashboard_main
 from clickstream.db import make_engine
-from clickstream.db.migrate import upgrade
-from tests.analytics_cases import at, load
+from tests.analytics_cases import at, sqlite_database
 
 HOUR = "start=2024-06-01T12:00:00Z&end=2024-06-01T13:00:00Z"
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('dashboard') / 'dashboard.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    load(engine)
+    engine = make_engine(sqlite_database(tmp_path_factory.mktemp("dashboard")))
     yield engine
     engine.dispose()
 
