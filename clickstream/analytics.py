@@ -956,7 +956,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     try:
-        settings = load_settings(role="reader", overrides={"database_url": args.database_url})
+        settings = load_settings(
+            role="reader",
+            overrides={"database_url": args.database_url},
+            uses=frozenset({"database_url"}),
+            command="clickstream.analytics",
+        )
         engine = make_engine(settings.database_url.get_secret_value(), application_name="report")
     except ClickstreamError as exc:
         _log.error("%s", exc)

@@ -953,7 +953,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        settings = load_settings(role="consumer", overrides=overrides)
+        settings = load_settings(
+            role="consumer",
+            overrides=overrides,
+            # run() reads every field but the Dashboards URL; with --no-opensearch, no
+            # OpenSearch field either.
+            uses=frozenset(Settings.model_fields)
+            - {"dashboards_url"}
+            - (
+                {
+                    "opensearch_url",
+                    "opensearch_index_prefix",
+                    "opensearch_shards",
+                    "opensearch_replicas",
+                    "opensearch_retention_days",
+                }
+                if args.no_opensearch
+                else set()
+            ),
+            command="clickstream.consume",
+        )
         options = _options(args)
         total = run(settings, options, stop=stop.event)
     except ClickstreamError as exc:

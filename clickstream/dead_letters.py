@@ -1,7 +1,9 @@
 """Kafka adapter for the dead-letter topic: invalid input is kept, never dropped.
 
 :class:`KafkaDeadLetterSink` writes the letters (the consumer's side). :func:`read_letters`
-and ``python -m clickstream.dead_letters`` read them back, to see what was refused and why.
+and ``python -m clickstream.dead_letters`` read them back, to see what was refused and why,
+and ``--replay`` sends the letters that can succeed again back to the events topic
+(:class:`ReplayPolicy` decides which, :class:`EventsReplayer` sends them).
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from clickstream.analytics import parse_moment
 from clickstream.cli import add_log_level, configure_logging, number, whole_number
-from clickstream.errors import ConfigError, DeliveryError, TransientError
+from clickstream.errors import ConfigError, DeliveryError, InvalidEvent, TransientError
+from clickstream.events import Reason, decode_event
 from clickstream.kafka import (
     DLQ_MAX_MESSAGE_BYTES,
     kafka_client_config,
@@ -31,14 +35,23 @@ from clickstream.kafka import (
     require_topic,
 )
 from clickstream.pipeline import DeadLetter
-from clickstream.settings import Settings, load_settings
+from clickstream.search.sink import REJECTED_REASON
+from clickstream.settings import KAFKA_CONNECTION_FIELDS, Settings, load_settings
 
 __all__ = [
     "FALLBACK_VALUE_BYTES",
     "MAX_KEY_BYTES",
+    "NEVER_AGAIN_REASONS",
+    "REPLAYABLE_REASONS",
+    "REPLAYED_FROM_HEADER",
+    "EventsReplayer",
     "KafkaDeadLetterSink",
+    "LetterFilter",
+    "ReplayPolicy",
+    "ReplaySummary",
     "StoredLetter",
     "fit",
+    "letter_json",
     "main",
     "read_letters",
     "render_letter",
@@ -342,13 +355,19 @@ def letter_json(letter: StoredLetter) -> dict[str, Any]:
 
 
 def read_letters(
-    settings: Settings, *, last: int | None, timeout: float = 30.0
+    settings: Settings,
+    *,
+    last: int | None,
+    timeout: float = 30.0,
+    offsets: tuple[int, int] | None = None,
+    partition: int | None = None,
 ) -> Iterator[StoredLetter]:
     """The letters on the dead-letter topic now, oldest first per partition.
 
     Reads without a consumer group (nothing is committed; the consumer is not disturbed) up
     to the end each partition had when the call started. ``last`` keeps, per partition, only
-    that many of the newest letters.
+    that many of the newest letters; ``offsets`` (first, last, both included) only the letters
+    at those offsets; ``partition`` reads that partition of the topic only.
 
     Raises:
         ConfigError: the topic does not exist, or this client may not read it.
@@ -370,19 +389,27 @@ def read_letters(
             consumer, topic, what="dead-letter", setting="CLICKSTREAM_DLQ_TOPIC", timeout=timeout
         )
         partitions = sorted(consumer.list_topics(topic, timeout=timeout).topics[topic].partitions)
+        if partition is not None:
+            if partition not in partitions:
+                msg = (
+                    f"the dead-letter topic {topic} has no partition {partition} "
+                    f"(it has {len(partitions)}, from 0)"
+                )
+                raise ConfigError(msg)
+            partitions = [partition]
         ends: dict[int, int] = {}
         starts: list[TopicPartition] = []
-        for partition in partitions:
+        for number in partitions:
             try:
                 low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=timeout
+                    TopicPartition(topic, number), timeout=timeout
                 )
             except KafkaException as exc:
                 raise _read_error(topic, exc) from exc
-            start = low if last is None else max(low, high - last)
-            if start < high:
-                ends[partition] = high
-                starts.append(TopicPartition(topic, partition, start))
+            start, end = _span(low, high, last=last, offsets=offsets)
+            if start < end:
+                ends[number] = end
+                starts.append(TopicPartition(topic, number, start))
         if not starts:
             return
         consumer.assign(starts)
@@ -400,22 +427,34 @@ def read_letters(
                     continue
                 raise _read_error(topic, KafkaException(error))
             deadline = time.monotonic() + timeout
-            partition, offset = message.partition(), message.offset()
-            if partition is None or offset is None or partition not in ends:
+            number, offset = message.partition(), message.offset()
+            if number is None or offset is None or number not in ends:
+                continue
+            if offset >= ends[number]:  # the offset before the end held no letter (a marker)
+                del ends[number]
                 continue
             kind, stamp = message.timestamp()
             yield StoredLetter(
-                partition=partition,
+                partition=number,
                 offset=offset,
                 timestamp_ms=stamp if kind != 0 else None,
                 key=_as_bytes(message.key()),
                 value=_as_bytes(message.value()),
                 headers=_headers(message.headers()),
             )
-            if offset + 1 >= ends[partition]:
-                del ends[partition]
+            if offset + 1 >= ends[number]:
+                del ends[number]
     finally:
         consumer.close()
+
+
+def _span(
+    low: int, high: int, *, last: int | None, offsets: tuple[int, int] | None
+) -> tuple[int, int]:
+    """The offsets to read of a partition holding ``low`` to ``high`` (excluded)."""
+    if offsets is not None:
+        return max(low, offsets[0]), min(high, offsets[1] + 1)
+    return (low if last is None else max(low, high - last)), high
 
 
 def _headers(
@@ -445,6 +484,276 @@ def _read_error(topic: str, exc: KafkaException) -> ConfigError | TransientError
     return TransientError(f"cannot read the dead-letter topic {topic}: {exc}")
 
 
+# -- replaying letters ----------------------------------------------------------------------
+
+REPLAYABLE_REASONS: Final = frozenset(
+    {Reason.FUTURE_TIMESTAMP.value, Reason.REJECTED_BY_SINK.value, REJECTED_REASON}
+)
+"""Reasons that may succeed when the same bytes are sent again: time has passed
+(``future_timestamp``), or the sink that refused a valid event was fixed (``rejected_by_sink``:
+PostgreSQL, the event was not stored; ``search_rejected``: OpenSearch, the event *was* stored,
+and reading it again indexes the stored copy)."""
+
+NEVER_AGAIN_REASONS: Final = frozenset(
+    {Reason.NOT_JSON.value, Reason.SCHEMA.value, Reason.TOO_LARGE.value}
+)
+"""Reasons about the bytes themselves: the same bytes are refused again, whenever sent."""
+
+REPLAYED_FROM_HEADER: Final = "replayed_from"
+"""Header of a replayed message: ``<dead-letter topic>[partition]@offset`` of its letter.
+The consumer reads no headers, so it treats a replayed message like any other."""
+
+_SESSION_SOURCE: Final = "sessions"  # source_topic of a refused session document
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LetterFilter:
+    """Which of the letters read are wanted: a reason code and a window of dead-lettering time.
+
+    ``since`` is included and ``until`` excluded; both are timezone-aware. A letter without a
+    timestamp never matches a time bound.
+    """
+
+    reason: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, letter: StoredLetter) -> bool:
+        """Whether ``letter`` passes every bound that is set."""
+        if self.reason is not None and letter.reason != self.reason:
+            return False
+        if self.since is None and self.until is None:
+            return True
+        if letter.timestamp_ms is None:
+            return False
+        when = datetime.fromtimestamp(letter.timestamp_ms / 1000, UTC)
+        return (self.since is None or when >= self.since) and (
+            self.until is None or when < self.until
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class ReplayPolicy:
+    """Decides, letter by letter, whether a letter may be sent back to the events topic.
+
+    Pure: the clock is injected, and nothing is sent. It remembers which source messages
+    (``source_topic``, ``source_partition``, ``source_offset``) it let through, because dead
+    letters are delivered at least once: a second letter of one message is skipped.
+    """
+
+    topic: str
+    """The events topic the letters go back to; letters from any other source stay."""
+    future_tolerance: timedelta
+    """The consumer's ``CLICKSTREAM_FUTURE_TOLERANCE_SECONDS``."""
+    clock: Callable[[], datetime]
+    force: bool = False
+    """Also send what the consumer will most likely refuse again (see :meth:`refusal`)."""
+    _seen: set[tuple[str, str, str]] = dataclasses.field(default_factory=set, init=False)
+
+    def refusal(self, letter: StoredLetter) -> str | None:
+        """``None`` if ``letter`` may be replayed, else why not, as a short phrase.
+
+        Never replayed, even with ``force``: a letter whose value or key was cut
+        (``truncated``, ``key_truncated``: the original bytes are gone), a letter from another
+        source than :attr:`topic` (a session document OpenSearch refused is not an event), a
+        second letter of the same source message. Replayed only with ``force``: the reasons
+        of :data:`NEVER_AGAIN_REASONS`, an unknown reason, and a letter the consumer would
+        refuse now, as it checks it (an ``occurred_at`` still too far ahead, say).
+        """
+        if letter.header("truncated") is not None:
+            return "truncated"
+        if letter.header("key_truncated") is not None:
+            return "key_truncated"
+        source = letter.header("source_topic")
+        if source == _SESSION_SOURCE:
+            return "session_document"
+        if source != self.topic:
+            return "other_topic"
+        where = (
+            source,
+            letter.header("source_partition") or "",
+            letter.header("source_offset") or "",
+        )
+        if where in self._seen:
+            return "repeated_letter"
+        if not self.force:
+            if letter.reason in NEVER_AGAIN_REASONS:
+                return "never_again"
+            if letter.reason not in REPLAYABLE_REASONS:
+                return "unknown_reason"
+            try:
+                decode_event(letter.value, now=self.clock(), future_tolerance=self.future_tolerance)
+            except InvalidEvent as exc:
+                return "not_yet" if exc.reason == Reason.FUTURE_TIMESTAMP else "refused_now"
+        self._seen.add(where)
+        return None
+
+
+_REFUSALS: Final = {
+    "truncated": (
+        "value truncated: the dead letter holds only the first bytes of the message (header "
+        "original_size); send the original again from its producer"
+    ),
+    "key_truncated": (
+        "key truncated: the dead letter holds only the first bytes of the key; send the "
+        "original again from its producer"
+    ),
+    "session_document": (
+        "session documents OpenSearch refused, not events: fix the mapping and let the "
+        "consumer write the session again"
+    ),
+    "other_topic": (
+        "from another source topic: replay them with --topic naming it (see the source_topic "
+        "header)"
+    ),
+    "repeated_letter": "another letter of a message already replayed in this run",
+    "never_again": (
+        "not_json, schema or too_large: the same bytes are refused again; fix them at the "
+        "producer (or --force to send them anyway)"
+    ),
+    "unknown_reason": "an unknown reason code (--force to send them anyway)",
+    "not_yet": (
+        "occurred_at still more than the future tolerance ahead of this clock: replay them "
+        "later (or --force, and they come back as future_timestamp)"
+    ),
+    "refused_now": (
+        "the consumer would refuse them now (python -m clickstream.events --validate says "
+        "why; --force to send them anyway)"
+    ),
+}
+
+
+@dataclasses.dataclass(slots=True)
+class ReplaySummary:
+    """What a replay did (or, in a dry run, would do): counts by reason and by refusal."""
+
+    replayed: Counter[str] = dataclasses.field(default_factory=Counter)
+    """Letters sent (or that would be), by reason code."""
+    skipped: Counter[str] = dataclasses.field(default_factory=Counter)
+    """Letters not sent, by what :meth:`ReplayPolicy.refusal` said."""
+    undelivered: int = 0
+    """Of the letters sent, how many Kafka did not acknowledge."""
+
+    def lines(self, *, topic: str, dry_run: bool) -> list[str]:
+        """The summary for the terminal: one line of what was sent, one per kind of refusal."""
+        verb = "would replay" if dry_run else "replayed"
+        sent = sum(self.replayed.values())
+        by_reason = ", ".join(f"{name} {count}" for name, count in sorted(self.replayed.items()))
+        lines = [
+            f"{verb} {sent} letter(s) to {topic}"
+            + (f" ({by_reason})" if by_reason else "")
+            + ("; nothing sent (--dry-run)" if dry_run else "")
+            + (f"; {self.undelivered} of them NOT delivered" if self.undelivered else "")
+        ]
+        skipped = sum(self.skipped.values())
+        if skipped:
+            lines.append(f"skipped {skipped} letter(s):")
+            lines += [
+                f"  {count} {_REFUSALS.get(why, why)}"
+                for why, count in sorted(self.skipped.items())
+            ]
+        return lines
+
+
+class EventsReplayer:
+    """Sends letters back to the events topic, with their original key and bytes.
+
+    An idempotent producer (``enable.idempotence``, ``acks=all``): the client's own retries
+    neither duplicate nor reorder. It uses the partitioner of :mod:`clickstream.producer`
+    (``murmur2_random``), so a key lands on the partition that producer gives it. Each message
+    carries the header :data:`REPLAYED_FROM_HEADER`.
+    """
+
+    def __init__(self, settings: Settings, *, dlq_topic: str, flush_timeout: float = 30.0) -> None:
+        """Create the producer for ``settings.topic``."""
+        self._topic = settings.topic
+        self._dlq_topic = dlq_topic
+        self._flush_timeout = flush_timeout
+        self._failures: list[str] = []
+        self._producer = Producer(
+            {
+                **kafka_client_config(settings),
+                "client.id": "clickstream-dead-letters-replay",
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "partitioner": "murmur2_random",
+                "logger": librdkafka_logger(),
+            }
+        )
+
+    def require_topic(self, timeout: float) -> None:
+        """Fail fast, with what to do, when the events topic does not exist.
+
+        Raises:
+            ConfigError: the topic is missing (or not visible to this client).
+            TransientError: the brokers did not answer.
+        """
+        require_topic(
+            self._producer, self._topic, what="events", setting="CLICKSTREAM_TOPIC", timeout=timeout
+        )
+
+    def _on_delivery(self, letter: StoredLetter, error: KafkaError | None, _msg: Message) -> None:
+        if error is None:
+            return
+        hint = ""
+        if error.code() in (
+            KafkaError.TOPIC_AUTHORIZATION_FAILED,
+            KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        ):
+            hint = " (replays are sent with the producer role's credentials: Write on the topic)"
+        self._failures.append(
+            f"{self._dlq_topic}[{letter.partition}]@{letter.offset}: "
+            f"{error.name()}: {error.str()}{hint}"
+        )
+
+    def send(self, letter: StoredLetter) -> None:
+        """Queue ``letter``'s key and value for the events topic; :meth:`finish` waits for acks.
+
+        Raises:
+            DeliveryError: the client refuses the message for good (the message says why).
+        """
+        while True:
+            try:
+                self._producer.produce(
+                    self._topic,
+                    key=letter.key,
+                    value=letter.value,
+                    headers=[
+                        (
+                            REPLAYED_FROM_HEADER,
+                            f"{self._dlq_topic}[{letter.partition}]@{letter.offset}".encode(),
+                        )
+                    ],
+                    on_delivery=functools.partial(self._on_delivery, letter),
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                msg = f"cannot produce to {self._topic}: {exc}"
+                raise DeliveryError(msg) from exc
+        self._producer.poll(0)
+
+    def finish(self) -> int:
+        """Wait for every acknowledgement; return how many messages were not delivered.
+
+        A message still unacknowledged after the flush timeout counts as not delivered;
+        :attr:`failures` says why the others failed.
+        """
+        remaining = self._producer.flush(self._flush_timeout)
+        if remaining:
+            self._failures.append(
+                f"{remaining} message(s) not acknowledged within {self._flush_timeout:g} s"
+            )
+        return len(self._failures) - (1 if remaining else 0) + remaining
+
+    @property
+    def failures(self) -> list[str]:
+        """Why messages were not delivered, one line per message (or per batch timed out)."""
+        return list(self._failures)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m clickstream.dead_letters",
@@ -452,16 +761,44 @@ def _parser() -> argparse.ArgumentParser:
             "Show the dead letters: the messages the consumer refused, kept on the dead-letter "
             "topic with their original key and bytes, the reason, a detail naming the field, "
             "and where each came from (topic, partition, offset). Reads without a consumer "
-            "group, so nothing is committed and the consumer is not disturbed."
+            "group, so nothing is committed and the consumer is not disturbed.\n\n"
+            "With --replay, send the selected letters back to the events topic, key and value "
+            "exactly as the consumer received them (idempotent producer, acks=all; header "
+            "replayed_from names the letter), so that the consumer reads them again. Replaying "
+            "is safe to repeat: the consumer stores an event_id once and counts it once, so "
+            "letters replayed twice (or letters whose first replay was stored) change nothing "
+            "the second time."
         ),
         epilog=(
             "examples:\n"
             "  python -m clickstream.dead_letters                  # the newest 20 per partition\n"
             "  python -m clickstream.dead_letters --all --reason schema\n"
-            "  python -m clickstream.dead_letters --all --json > dead-letters.ndjson\n\n"
-            "Reason codes: not_json, schema, too_large, future_timestamp, rejected_by_sink.\n"
-            "Exit status: 0 success, 2 configuration error (missing topic, no permission), "
-            "3 Kafka did not answer."
+            "  python -m clickstream.dead_letters --all --json > dead-letters.ndjson\n"
+            "  python -m clickstream.dead_letters --replay --all --reason future_timestamp "
+            "--dry-run\n"
+            "  python -m clickstream.dead_letters --replay --offsets 120-180 "
+            "--since 2026-11-30T09:00:00Z\n\n"
+            "Reason codes: not_json, schema, too_large, future_timestamp, rejected_by_sink,\n"
+            "search_rejected.\n\n"
+            "What --replay sends. Letters with reason future_timestamp (time has passed),\n"
+            "rejected_by_sink (PostgreSQL refused a valid event: once that is fixed, the event\n"
+            "is stored) and search_rejected (OpenSearch refused a stored event: once the\n"
+            "mapping is fixed, the consumer, with OpenSearch on, indexes the stored copy when it\n"
+            "reads the event again), and only if the consumer would accept them now (it checks\n"
+            "them as the consumer does, with CLICKSTREAM_FUTURE_TOLERANCE_SECONDS). Skipped:\n"
+            "not_json, schema and too_large (the same bytes are refused again: fix them at the\n"
+            "producer; --force sends them anyway, as it does letters of an unknown reason or\n"
+            "refused now); never sent, even with --force: a letter whose value or key was cut\n"
+            "(header truncated or key_truncated: the original bytes are gone), a letter from\n"
+            "another source topic than --topic (session documents included), and a second\n"
+            "letter of one source message. --replay needs a scope: --all, --last N or\n"
+            "--offsets.\n\n"
+            "Credentials: reading uses the consumer role (Read on the dead-letter topic),\n"
+            "sending the producer role (Write on the events topic); with the Pulumi stack\n"
+            "outputs, each comes from its own certificate.\n\n"
+            "Exit status: 0 success, 1 a replayed message was not delivered (run it again: the\n"
+            "consumer ignores what it already stored), 2 configuration error (missing topic, no\n"
+            "permission), 3 Kafka did not answer."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -469,18 +806,62 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--last",
         type=whole_number(1),
-        default=20,
         metavar="N",
-        help="the newest N letters of each partition (default 20)",
+        help="the newest N letters of each partition (default 20 when showing)",
     )
     which.add_argument("--all", action="store_true", help="every letter the topic holds")
+    which.add_argument(
+        "--offsets",
+        type=_offset_range,
+        metavar="FIRST[-LAST]",
+        help="the letters at these offsets of the dead-letter topic (both included), as the "
+        "listing shows them ([partition]@offset)",
+    )
+    parser.add_argument(
+        "--partition",
+        type=whole_number(0),
+        help="only this partition of the dead-letter topic (it has one, as created by "
+        "clickstream.topics and Pulumi)",
+    )
     parser.add_argument("--reason", help="only letters with this reason code")
     parser.add_argument(
+        "--since",
+        type=_moment,
+        metavar="TIME",
+        help="only letters dead-lettered at or after TIME (RFC 3339, e.g. 2026-11-30T09:00:00Z)",
+    )
+    parser.add_argument(
+        "--until",
+        type=_moment,
+        metavar="TIME",
+        help="only letters dead-lettered before TIME (RFC 3339)",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="one JSON object per letter (headers, key, value)"
+    )
+    replay = parser.add_argument_group("replay")
+    replay.add_argument(
+        "--replay",
+        action="store_true",
+        help="send the selected letters that can succeed back to the events topic",
+    )
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --replay: count what would be sent, by reason, and send nothing",
+    )
+    replay.add_argument(
+        "--force",
+        action="store_true",
+        help="with --replay: also send not_json, schema, too_large, unknown reasons and "
+        "letters the consumer would refuse now (they come back as dead letters)",
     )
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers (host:port,...)")
     parser.add_argument(
         "--dlq-topic", help="dead-letter topic (default $CLICKSTREAM_DLQ_TOPIC or its default)"
+    )
+    parser.add_argument(
+        "--topic", help="events topic replays go to (default $CLICKSTREAM_TOPIC or its default)"
     )
     parser.add_argument(
         "--timeout",
@@ -492,51 +873,184 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _offset_range(text: str) -> tuple[int, int]:
+    first, sep, last = text.partition("-")
+    try:
+        low = int(first)
+        high = int(last) if sep else low
+    except ValueError:
+        msg = f"expected FIRST or FIRST-LAST (offsets, whole numbers), got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not 0 <= low <= high:
+        msg = f"expected 0 <= FIRST <= LAST, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return low, high
+
+
+def _moment(text: str) -> datetime:
+    try:
+        return parse_moment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m clickstream.dead_letters``; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.replay and (args.dry_run or args.force):
+        parser.error("--dry-run and --force go with --replay")
+    if args.replay and args.json:
+        parser.error("--json shows letters; it does not go with --replay")
+    if args.replay and not (args.all or args.last is not None or args.offsets is not None):
+        parser.error("--replay needs a scope: --all, --last N or --offsets FIRST[-LAST]")
     configure_logging(args.log_level)
+    overrides = {
+        "kafka_bootstrap_servers": args.bootstrap_servers,
+        "dlq_topic": args.dlq_topic,
+        "topic": args.topic,
+    }
     try:
-        settings = load_settings(
-            role="consumer",
-            overrides={
-                "kafka_bootstrap_servers": args.bootstrap_servers,
-                "dlq_topic": args.dlq_topic,
-            },
+        # Reading needs the connection and the dead-letter topic; a replay also checks each
+        # letter against the consumer's rules and sends to the events topic.
+        uses = KAFKA_CONNECTION_FIELDS | {"dlq_topic"}
+        if args.replay:
+            uses |= {"topic", "future_tolerance_seconds"}
+        command = "clickstream.dead_letters"
+        settings = load_settings(role="consumer", overrides=overrides, uses=uses, command=command)
+        # Least privilege: the consumer's user may read the dead letters, the producer's may
+        # write the events topic; no user of the stack holds both. A dry run sends nothing.
+        sending = args.replay and not args.dry_run
+        sender = (
+            load_settings(role="producer", overrides=overrides, uses=uses, command=command)
+            if sending
+            else None
         )
     except ConfigError as exc:
         _log.error("%s", exc)
         return 2
-    shown, reasons = 0, Counter[str]()
+    letters = read_letters(
+        settings,
+        last=None if args.all or args.offsets is not None else (args.last or 20),
+        timeout=args.timeout,
+        offsets=args.offsets,
+        partition=args.partition,
+    )
+    wanted = LetterFilter(reason=args.reason, since=args.since, until=args.until)
     try:
-        for letter in read_letters(
-            settings, last=None if args.all else args.last, timeout=args.timeout
-        ):
-            reasons[letter.reason] += 1
-            if args.reason is not None and letter.reason != args.reason:
-                continue
-            shown += 1
-            if args.json:
-                sys.stdout.write(json.dumps(letter_json(letter), ensure_ascii=False) + "\n")
-            else:
-                sys.stdout.write(render_letter(letter) + "\n")
+        if not args.replay:
+            _show(letters, wanted, settings=settings, args=args)
+            return 0
+        return _replay(letters, wanted, settings=sender or settings, args=args)
     except ConfigError as exc:
         _log.error("%s", exc)
         return 2
     except TransientError as exc:
         _log.error("%s (Kafka at %s)", exc, settings.kafka_bootstrap_servers)
         return 3
+    except DeliveryError as exc:
+        _log.error("%s", exc)
+        return 1
+
+
+def _show(
+    letters: Iterator[StoredLetter],
+    wanted: LetterFilter,
+    *,
+    settings: Settings,
+    args: argparse.Namespace,
+) -> None:
+    shown, reasons = 0, Counter[str]()
+    for letter in letters:
+        reasons[letter.reason] += 1
+        if not wanted.matches(letter):
+            continue
+        shown += 1
+        if args.json:
+            sys.stdout.write(json.dumps(letter_json(letter), ensure_ascii=False) + "\n")
+        else:
+            sys.stdout.write(render_letter(letter) + "\n")
     read = sum(reasons.values())
     by_reason = ", ".join(f"{name} {count}" for name, count in sorted(reasons.items()))
-    scope = "all" if args.all else f"the newest {args.last} per partition"
     _log.info(
         "%d dead letter(s) shown, of %d read from %s (%s)%s",
         shown,
         read,
         settings.dlq_topic,
-        scope,
+        _scope(args),
         f"; by reason: {by_reason}" if by_reason else "",
     )
+
+
+def _scope(args: argparse.Namespace) -> str:
+    if args.all:
+        return "all"
+    if args.offsets is not None:
+        return f"offsets {args.offsets[0]}-{args.offsets[1]}"
+    return f"the newest {args.last or 20} per partition"
+
+
+def _replay_one(
+    letter: StoredLetter,
+    policy: ReplayPolicy,
+    replayer: EventsReplayer | None,
+    summary: ReplaySummary,
+    *,
+    dlq_topic: str,
+) -> None:
+    position = f"{dlq_topic}[{letter.partition}]@{letter.offset}"
+    why = policy.refusal(letter)
+    if why is not None:
+        summary.skipped[why] += 1
+        _log.debug("skipped %s (%s): %s", position, letter.reason, why)
+        return
+    if replayer is not None:
+        replayer.send(letter)
+    summary.replayed[letter.reason] += 1
+    _log.debug(
+        "%s %s (%s)", "would replay" if replayer is None else "replaying", position, letter.reason
+    )
+
+
+def _replay(
+    letters: Iterator[StoredLetter],
+    wanted: LetterFilter,
+    *,
+    settings: Settings,
+    args: argparse.Namespace,
+) -> int:
+    """Send the wanted, replayable letters to ``settings.topic``; print the summary."""
+    policy = ReplayPolicy(
+        topic=settings.topic,
+        future_tolerance=timedelta(seconds=settings.future_tolerance_seconds),
+        clock=lambda: datetime.now(UTC),
+        force=args.force,
+    )
+    replayer = None
+    if not args.dry_run:
+        replayer = EventsReplayer(
+            settings, dlq_topic=settings.dlq_topic, flush_timeout=args.timeout
+        )
+        replayer.require_topic(args.timeout)
+    summary = ReplaySummary()
+    try:
+        for letter in letters:
+            if wanted.matches(letter):
+                _replay_one(letter, policy, replayer, summary, dlq_topic=settings.dlq_topic)
+    finally:
+        # Also when reading failed half-way: what was queued is delivered and counted.
+        summary.undelivered = replayer.finish() if replayer is not None else 0
+        for line in summary.lines(topic=settings.topic, dry_run=args.dry_run):
+            sys.stdout.write(line + "\n")
+    if replayer is not None and summary.undelivered:
+        _log.error(
+            "%d replayed message(s) were not delivered to %s (%s); run the same command "
+            "again: the consumer stores and counts an event_id once, however often it is sent",
+            summary.undelivered,
+            settings.topic,
+            "; ".join(replayer.failures[:3]),
+        )
+        return 1
     return 0
 
 

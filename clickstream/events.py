@@ -429,7 +429,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
         tolerance = timedelta(
             seconds=args.future_tolerance
             if args.future_tolerance is not None
-            else load_settings().future_tolerance_seconds
+            else load_settings(
+                uses=frozenset({"future_tolerance_seconds"}), command="clickstream.events"
+            ).future_tolerance_seconds
         )
         stream = sys.stdin.buffer if args.validate == "-" else Path(args.validate).open("rb")  # noqa: SIM115
     except (OSError, ClickstreamError, OverflowError) as exc:

@@ -41,7 +41,7 @@ from rich.progress import (
 from clickstream.cli import add_log_level, number, whole_number
 from clickstream.errors import ClickstreamError, ConfigError, DeliveryError, TransientError
 from clickstream.producer import COMPRESSION_TYPES, EventProducer, ProducerTuning, producer_config
-from clickstream.settings import load_settings
+from clickstream.settings import KAFKA_CONNECTION_FIELDS, load_settings
 from clickstream.simulator import IMPLEMENTATION as SIMULATOR_IMPLEMENTATION
 from clickstream.simulator import (
     MAX_EVENTS_PER_SECOND,
@@ -677,6 +677,9 @@ def _main(
         settings = load_settings(
             role="producer",
             overrides={"kafka_bootstrap_servers": args.bootstrap_servers, "topic": args.topic},
+            # producer_config() reads the connection, the producer sends to the topic.
+            uses=KAFKA_CONNECTION_FIELDS | {"topic"},
+            command="clickstream.produce",
         )
         tuning = ProducerTuning(
             compression=args.compression,

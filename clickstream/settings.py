@@ -8,12 +8,14 @@ Library code receives a :class:`Settings` object and never reads the environment
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,9 +24,18 @@ from pydantic_settings import (
 
 from clickstream.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Role", "Settings", "is_kafka_name", "load_settings"]
+__all__ = [
+    "ENV_PREFIX",
+    "KAFKA_CONNECTION_FIELDS",
+    "Role",
+    "Settings",
+    "is_kafka_name",
+    "load_settings",
+]
 
 ENV_PREFIX = "CLICKSTREAM_"
+
+logger = logging.getLogger(__name__)
 
 _KAFKA_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}", re.ASCII)
 
@@ -136,11 +147,13 @@ class Settings(BaseSettings):
     def _check_distinct_topics(self) -> Settings:
         if self.topic == self.dlq_topic:
             # Dead letters written to the events topic would be read and refused again, forever.
-            msg = (
+            # The error type names the rule, so load_settings() knows which fields it concerns.
+            raise PydanticCustomError(
+                "distinct_topics",
                 f"the dead-letter topic ({ENV_PREFIX}DLQ_TOPIC, --dlq-topic) must differ from "
-                f"the events topic ({ENV_PREFIX}TOPIC, --topic); both are {self.topic!r}"
+                f"the events topic ({ENV_PREFIX}TOPIC, --topic); both are {{topic}}",
+                {"topic": repr(self.topic)},
             )
-            raise ValueError(msg)
         return self
 
     @field_validator("database_url")
@@ -171,13 +184,38 @@ class Settings(BaseSettings):
         return (init_settings,)
 
 
-def _describe(error: ValidationError) -> str:
+_RULE_FIELDS: Final[Mapping[str, frozenset[str]]] = {
+    "distinct_topics": frozenset({"topic", "dlq_topic"}),
+}
+"""The fields each rule across fields concerns, by the error type it raises."""
+
+
+def _fields_of(item: Mapping[str, Any]) -> frozenset[str]:
+    """The fields one validation error concerns (a rule across fields: all it names)."""
+    loc = item["loc"]
+    if loc:
+        return frozenset({str(loc[0])})
+    # An unknown rule concerns every field, so that it stays an error for every command.
+    return _RULE_FIELDS.get(item["type"], frozenset(Settings.model_fields))
+
+
+def _message(item: Mapping[str, Any]) -> str:
+    return str(item["msg"]).removeprefix("Value error, ")
+
+
+KAFKA_CONNECTION_FIELDS: Final = frozenset(
+    {"kafka_bootstrap_servers", "kafka_ssl_ca", "kafka_ssl_certificate", "kafka_ssl_key"}
+)
+"""The fields :func:`clickstream.kafka.kafka_client_config` reads: every Kafka client's
+connection. An entry point that makes a Kafka client names them in ``load_settings(uses=...)``."""
+
+
+def _describe(items: list[Any]) -> str:
     lines = []
-    for item in error.errors():
+    for item in items:
         name = ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
         # A rule across fields names its variables itself.
-        lines.append(f"{ENV_PREFIX}{name.upper()}: {message}" if name else message)
+        lines.append(f"{ENV_PREFIX}{name.upper()}: {_message(item)}" if name else _message(item))
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 
@@ -186,18 +224,36 @@ def load_settings(
     role: Role = "admin",
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    uses: frozenset[str] | None = None,
+    command: str = "this command",
 ) -> Settings:
     """Build the settings once, at an entry point.
+
+    A malformed value of a field the command does not use does not stop it: with ``uses``
+    given, such a value is left out (the field keeps its default, which the command never
+    reads) and one WARNING per value names the variable, the problem and ``command``. This
+    lets several services share one ``.env``. A rule across fields (the dead-letter topic
+    differs from the events topic) is treated the same way only when the command uses none
+    of the fields it concerns.
 
     Args:
         role: whose credentials to take from the stack outputs (producer, consumer, admin,
             reader).
         overrides: values from CLI flags; ``None`` values are ignored.
         environ: the environment to read (defaults to ``os.environ``).
+        uses: the fields the command reads, directly or through the functions it calls;
+            ``None``: every field (all are validated, as for a library caller).
+        command: how the warnings name the command, e.g. ``"clickstream.produce"``.
 
     Raises:
-        ConfigError: a value is malformed; the message names the ``CLICKSTREAM_*`` variable.
+        ConfigError: a value the command uses is malformed; the message names the
+            ``CLICKSTREAM_*`` variable.
+        ValueError: ``uses`` names a field that does not exist (a programming error).
     """
+    if uses is not None and not uses <= Settings.model_fields.keys():
+        unknown = ", ".join(sorted(uses - Settings.model_fields.keys()))
+        msg = f"uses names fields that Settings does not have: {unknown}"
+        raise ValueError(msg)
     env = os.environ if environ is None else environ
     stack_values: dict[str, Any] = {}
     outputs_path = env.get(f"{ENV_PREFIX}STACK_OUTPUTS", "")
@@ -217,8 +273,30 @@ def load_settings(
         and key[len(ENV_PREFIX) :].lower() in Settings.model_fields
     }
     merged = {**stack_values, **env_values, **explicit}
+    used = frozenset(Settings.model_fields) if uses is None else uses
 
-    try:
-        return Settings(**merged)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from exc
+    # Each pass leaves out the values whose only errors concern unused fields. A rule across
+    # fields runs only once every field passed, so it can fail on a later pass. Every pass
+    # removes at least one value, so this ends.
+    while True:
+        try:
+            return Settings(**merged)
+        except ValidationError as exc:
+            failure = exc
+        items = failure.errors()
+        errors = [item for item in items if _fields_of(item) & used]
+        unused = [item for item in items if not _fields_of(item) & used]
+        dropped = False
+        for item in unused:
+            for name in sorted(_fields_of(item) & merged.keys()):
+                del merged[name]
+                dropped = True
+                logger.warning(
+                    "%s%s is ignored by %s, which does not use it: %s",
+                    ENV_PREFIX,
+                    name.upper(),
+                    command,
+                    _message(item),
+                )
+        if errors or not dropped:
+            raise ConfigError(_describe(errors or items)) from failure

@@ -22,7 +22,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from clickstream.cli import add_log_level, configure_logging, number, whole_number
 from clickstream.errors import ClickstreamError, ConfigError, TerminalError, TransientError
 from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES, kafka_client_config, librdkafka_logger
-from clickstream.settings import load_settings
+from clickstream.settings import KAFKA_CONNECTION_FIELDS, load_settings
 
 __all__ = ["TopicOutcome", "TopicResult", "TopicSpec", "ensure_topics", "main"]
 
@@ -227,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "topic": args.topic,
                 "dlq_topic": args.dlq_topic,
             },
+            # kafka_client_config() reads the connection; both topics are created.
+            uses=KAFKA_CONNECTION_FIELDS | {"topic", "dlq_topic"},
+            command="clickstream.topics",
         )
         admin_config = {
             **kafka_client_config(settings),

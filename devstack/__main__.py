@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from devstack.config import StackConfig, config_from_env, env_exports
+from devstack.config import StackConfig, config_from_env, env_command, env_exports
 from devstack.process import exclusive_lock
 from devstack.stack import SERVICE_NAMES, bring_down, bring_up, make_services, status
 
@@ -23,6 +23,8 @@ examples:
   python -m devstack up kafka postgres    # only these two
   python -m devstack status               # exit code 0 only if every service is up
   eval "$(python -m devstack env)"        # point the application at the stack
+  python -m devstack up --kafka-port 29092
+  eval "$(python -m devstack env --kafka-port 29092)"   # env needs the same ports as up
   python -m devstack down                 # stop everything the stack started
 
 Everything (jars, data, logs, pid files) lives in .local/ at the repository root; Maven's
@@ -103,6 +105,18 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Stack
     return config_from_env(environ, overrides=overrides)
 
 
+def _environment_hint(config: StackConfig) -> str:
+    command, ports = env_command(config)
+    if not ports:
+        return f'environment: eval "$({command})"'
+    # Without the same ports, `devstack env` (and the application's defaults) would point at
+    # 19092/15432/19200, where another stack may be listening.
+    return (
+        f"non-default ports ({', '.join(ports)}): point the application at them with "
+        f'eval "$({command})"'
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one devstack command; return the process exit code."""
     parser = build_parser()
@@ -134,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(outcome.state == "failed" for outcome in outcomes):
             logger.error("elapsed %.1f s; some services failed (logs named above)", elapsed)
             return 1
-        logger.info('elapsed %.1f s; environment: eval "$(python -m devstack env)"', elapsed)
+        logger.info("elapsed %.1f s; %s", elapsed, _environment_hint(config))
         return 0
     if args.command == "down":
         with exclusive_lock(config.home / "devstack.lock"):

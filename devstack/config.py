@@ -19,6 +19,7 @@ __all__ = [
     "StackConfig",
     "config_from_env",
     "default_home",
+    "env_command",
     "env_exports",
     "repo_root",
 ]
@@ -142,3 +143,31 @@ def env_exports(config: StackConfig) -> list[str]:
         f"export CLICKSTREAM_DATABASE_URL={config.database_url()}",
         f"export CLICKSTREAM_OPENSEARCH_URL={config.opensearch_url}",
     ]
+
+
+# The ports env_exports() prints, with how the application calls each service.
+_APPLICATION_PORTS = (
+    ("kafka_port", "Kafka"),
+    ("postgres_port", "PostgreSQL"),
+    ("opensearch_port", "OpenSearch"),
+)
+
+
+def env_command(config: StackConfig) -> tuple[str, list[str]]:
+    """The ``devstack env`` command that prints :func:`env_exports` of ``config``, in any shell.
+
+    Returns the command and the non-default application ports it names, e.g.
+    ``("python -m devstack env --kafka-port 29092", ["Kafka 29092"])``: ports set by flags
+    or by ``CLICKSTREAM_DEVSTACK_*`` variables are given as flags, so the command prints the
+    same lines in a shell without those variables. Ports the application does not use (the
+    controller and transport ports) and ``home`` do not change the exports and are left out.
+    """
+    defaults = StackConfig(home=config.home)
+    flags: list[str] = []
+    ports: list[str] = []
+    for field, service in _APPLICATION_PORTS:
+        port = getattr(config, field)
+        if port != getattr(defaults, field):
+            flags.append(f"--{field.replace('_', '-')} {port}")
+            ports.append(f"{service} {port}")
+    return " ".join(["python -m devstack env", *flags]), ports

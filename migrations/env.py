@@ -37,7 +37,10 @@ def _database_url() -> str:
     if isinstance(url, str) and url:
         return url
     try:
-        return load_settings(role="admin").database_url.get_secret_value()
+        settings = load_settings(
+            role="admin", uses=frozenset({"database_url"}), command="alembic (the migrations)"
+        )
+        return settings.database_url.get_secret_value()
     except ConfigError as exc:  # the alembic command prints a CommandError as one line
         raise CommandError(" ".join(str(exc).split())) from exc
 

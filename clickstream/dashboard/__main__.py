@@ -102,7 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
     try:
-        settings = load_settings(role="reader", overrides={"database_url": args.database_url})
+        settings = load_settings(
+            role="reader",
+            overrides={"database_url": args.database_url},
+            uses=frozenset({"database_url"}),
+            command="clickstream.dashboard",
+        )
         engine = make_engine(settings.database_url.get_secret_value(), application_name="dashboard")
         _check_schema(engine)
         server = DashboardServer(

@@ -355,7 +355,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(message)s", stream=sys.stdout)
     cutoff = datetime.now(UTC) - args.older_than
     try:
-        settings = load_settings(role="admin", overrides={"database_url": args.database_url})
+        settings = load_settings(
+            role="admin",
+            overrides={"database_url": args.database_url},
+            uses=frozenset({"database_url"}),
+            command="clickstream.db.retention",
+        )
         engine = make_engine(settings.database_url.get_secret_value())
         try:
             if args.dry_run:

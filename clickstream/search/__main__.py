@@ -103,7 +103,23 @@ def _settings(args: argparse.Namespace) -> Settings:
         "opensearch_replicas": getattr(args, "replicas", None),
         "opensearch_retention_days": getattr(args, "retention_days", None),
     }
-    return load_settings(role="admin", overrides=overrides)
+    # What _run reads for each command (every one of them also names the index prefix).
+    uses = {
+        "setup": {
+            "opensearch_url",
+            "opensearch_shards",
+            "opensearch_replicas",
+            "opensearch_retention_days",
+        },
+        "import-dashboards": {"dashboards_url"},
+        "prune-sessions": {"opensearch_url"},
+    }[args.command]
+    return load_settings(
+        role="admin",
+        overrides=overrides,
+        uses=frozenset(uses | {"opensearch_index_prefix"}),
+        command=f"clickstream.search {args.command}",
+    )
 
 
 def _opensearch_url(settings: Settings) -> str:

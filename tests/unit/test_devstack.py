@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from devstack.__main__ import build_parser, config_from_args, main
-from devstack.config import StackConfig, config_from_env, env_exports
+from devstack.__main__ import _environment_hint, build_parser, config_from_args, main
+from devstack.config import StackConfig, config_from_env, env_command, env_exports
 from devstack.kafka import BrokerConfig, TlsListener, broker_argv, render_server_properties
 from devstack.opensearch import node_argv
 from devstack.postgres import find_bindir, render_hba, render_server_conf
@@ -283,3 +283,41 @@ def test_pid_files_and_stopping_a_process(tmp_path):
         proc.kill()
         proc.wait()
     assert read_pid(tmp_path / "missing.pid") is None
+
+
+def test_env_command_is_plain_with_the_default_application_ports():
+    # The controller and transport ports and the home are not in the exports.
+    config = config_from_env(
+        {"CLICKSTREAM_DEVSTACK_KAFKA_CONTROLLER_PORT": "29093"},
+        overrides={"home": "/elsewhere", "opensearch_transport_port": 29300},
+    )
+    assert env_command(config) == ("python -m devstack env", [])
+
+
+def test_env_command_carries_ports_from_flags_and_from_the_environment(capsys, monkeypatch):
+    # As `up --kafka-port 29092` with CLICKSTREAM_DEVSTACK_OPENSEARCH_PORT=29200 set.
+    args = build_parser().parse_args(["up", "--kafka-port", "29092"])
+    config = config_from_args(args, {"CLICKSTREAM_DEVSTACK_OPENSEARCH_PORT": "29200"})
+    command, ports = env_command(config)
+    assert command == "python -m devstack env --kafka-port 29092 --opensearch-port 29200"
+    assert ports == ["Kafka 29092", "OpenSearch 29200"]
+    # The hint's command prints the exports of those ports in a shell without the variable.
+    monkeypatch.delenv("CLICKSTREAM_DEVSTACK_OPENSEARCH_PORT", raising=False)
+    monkeypatch.delenv("CLICKSTREAM_DEVSTACK_KAFKA_PORT", raising=False)
+    monkeypatch.delenv("CLICKSTREAM_DEVSTACK_POSTGRES_PORT", raising=False)
+    assert main(command.split()[3:]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "export CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:29092",
+        "export CLICKSTREAM_DATABASE_URL="
+        "postgresql+psycopg://clickstream:clickstream@127.0.0.1:15432/clickstream",
+        "export CLICKSTREAM_OPENSEARCH_URL=http://127.0.0.1:29200",
+    ]
+
+
+def test_up_hint_names_the_ports_the_application_must_use():
+    config = config_from_env({}, overrides={"postgres_port": 25432})
+    assert _environment_hint(config) == (
+        "non-default ports (PostgreSQL 25432): point the application at them with "
+        'eval "$(python -m devstack env --postgres-port 25432)"'
+    )
+    assert _environment_hint(StackConfig()) == 'environment: eval "$(python -m devstack env)"'
