@@ -61,6 +61,12 @@ _KAFKA_WAIT_SLICE: Final = 2.0
 """Seconds per metadata request while waiting for Kafka at start: a signal is heard between
 slices (the client keeps connecting in the background across them)."""
 _KAFKA_NOTE_INTERVAL: Final = 10.0
+_COMMIT_NOTE_INTERVAL: Final = 30.0
+"""How often a commit that Kafka does not answer is reported while the loop waits for it."""
+_COMMIT_SLICE: Final = 0.2
+"""Seconds per wait for a commit: a stop signal is acted on between slices."""
+_DEFAULT_STOP_GRACE: Final = 10.0
+_MAX_STOP_GRACE: Final = 3600.0
 
 _MAX_SEARCH_SYNC_INTERVAL: Final = 3600.0
 _DEFAULT_SEARCH_SYNC_INTERVAL: Final = 5.0
@@ -79,6 +85,9 @@ class ConsumerOptions:
     progress_interval: float = 10.0
     opensearch: bool = True
     session_timeout: float = 45.0
+    stop_grace: float = _DEFAULT_STOP_GRACE
+    """After a stop signal, how long Kafka has to answer the pending offset commits and the
+    group's leave before the consumer exits without them (see :class:`_Committer`)."""
 
 
 class _Stop:
@@ -199,7 +208,8 @@ class _Progress:
         self._last = self.started
         self._last_consumed = 0
 
-    def maybe_log(self, consumer: Consumer, *, force: bool = False) -> None:
+    def maybe_log(self, consumer: Consumer | None, *, force: bool = False) -> None:
+        """Log the totals, the rate and the lag (unknown without ``consumer``) once per interval."""
         now = time.monotonic()
         if not force and now - self._last < self.interval:
             return
@@ -211,7 +221,7 @@ class _Progress:
             self.total.duplicates,
             self.total.dead_lettered,
             rate,
-            _lag(consumer, cached=True),
+            None if consumer is None else _lag(consumer, cached=True),
         )
         self._last, self._last_consumed = now, self.total.consumed
 
@@ -341,7 +351,8 @@ def run(
         search=search,
     )
     progress = _Progress(options.progress_interval)
-    inflight = _Inflight(consumer, processor, progress) if search is not None else None
+    committer = _Committer(consumer, stop, grace=options.stop_grace)
+    inflight = _Inflight(committer, processor, progress) if search is not None else None
     on_revoke = inflight.on_revoke if inflight is not None else _on_revoke
     consumer.subscribe([settings.topic], on_assign=_on_assign, on_revoke=on_revoke)
     _log.info(
@@ -361,10 +372,11 @@ def run(
             topic=settings.topic,
             serve=dead_letters.serve,
             inflight=inflight,
+            committer=committer,
         )
     finally:
-        progress.maybe_log(consumer, force=True)
-        consumer.close()
+        progress.maybe_log(committer.consumer, force=True)
+        committer.close()
         dead_letters.close()
         engine.dispose()
     return progress.total
@@ -533,12 +545,25 @@ def _loop(
     topic: str,
     serve: Callable[[], None] = lambda: None,
     inflight: _Inflight | None = None,
+    committer: _Committer | None = None,
 ) -> None:
+    if committer is None:
+        committer = _Committer(consumer, stop, grace=options.stop_grace)
     if processor.search is None:
-        _consume(consumer, processor, options, progress, stop, sync=None, topic=topic, serve=serve)
+        _consume(
+            consumer,
+            processor,
+            options,
+            progress,
+            stop,
+            sync=None,
+            topic=topic,
+            serve=serve,
+            committer=committer,
+        )
         return
     if inflight is None:
-        inflight = _Inflight(consumer, processor, progress)
+        inflight = _Inflight(committer, processor, progress)
     sync = _SearchSync(processor, options.search_sync_interval)
     sync.start()
     try:
@@ -552,6 +577,7 @@ def _loop(
             topic=topic,
             serve=serve,
             inflight=inflight,
+            committer=committer,
         )
     finally:
         inflight.close()
@@ -570,8 +596,10 @@ class _Inflight:
     finds them stored, and the retry indexes their stored copies.
     """
 
-    def __init__(self, consumer: Consumer, processor: BatchProcessor, progress: _Progress) -> None:
-        self._consumer = consumer
+    def __init__(
+        self, committer: _Committer, processor: BatchProcessor, progress: _Progress
+    ) -> None:
+        self._committer = committer
         self._processor = processor
         self._progress = progress
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="index-events")
@@ -591,12 +619,13 @@ class _Inflight:
         """Whether a pending batch has finished indexing (settling it will not wait)."""
         return self._pending is not None and self._pending[2].done()
 
-    def settle(self) -> Sequence[Message]:
+    def settle(self, *, inline: bool = False) -> Sequence[Message]:
         """Wait for the pending batch; commit its offsets and count it.
 
         Returns the batch if OpenSearch (or the dead-letter topic) was unavailable: its
         offsets are not committed, and the caller rewinds it. Otherwise (or with nothing
-        pending) returns an empty sequence.
+        pending) returns an empty sequence. ``inline``: commit in this thread (from a
+        rebalance callback, see :meth:`_Committer.commit`).
         """
         if self._pending is None:
             return ()
@@ -609,7 +638,7 @@ class _Inflight:
             _log.warning("batch stored but not indexed (%s); it will be consumed again", exc)
             return batch
         self.indexed = True
-        _commit(self._consumer, batch)
+        self._committer.commit(batch, inline=inline)
         self._progress.total.add(report)
         return ()
 
@@ -620,7 +649,7 @@ class _Inflight:
         together with what ``consume()`` returns after this callback, and backs off.
         """
         _on_revoke(consumer, partitions)
-        self._failed = [*self._failed, *self.settle()]
+        self._failed = [*self._failed, *self.settle(inline=True)]
 
     def take_failed(self) -> Sequence[Message]:
         """The batch that failed while being settled in a rebalance, if any (once)."""
@@ -642,6 +671,7 @@ def _consume(
     sync: _SearchSync | None,
     topic: str,
     serve: Callable[[], None],
+    committer: _Committer,
     inflight: _Inflight | None = None,
 ) -> None:
     """The loop; ``serve()`` runs once per poll (the dead-letter client's log lines).
@@ -655,6 +685,8 @@ def _consume(
 
     def retry_later(problem: Exception, batch: Sequence[Message]) -> None:
         nonlocal failures
+        if committer.abandoned:
+            return  # stopping, and Kafka does not answer: the group redelivers the batch
         delay = _backoff(failures)
         failures += 1
         _log.warning("%s; reading the batch again in %.1fs", problem, delay)
@@ -674,6 +706,8 @@ def _consume(
         if inflight is not None and inflight.ready() and (failed := inflight.settle()):
             retry_later(unindexed(), failed)
             continue
+        if committer.abandoned:
+            break  # a commit was left waiting at a stop: the client would wait behind it
         messages = consumer.consume(options.batch_size, options.poll_timeout)
         batch = [m for m in messages if not _is_error(m)]
         if inflight is not None and (failed := inflight.take_failed()):
@@ -684,7 +718,9 @@ def _consume(
             if inflight is not None and (failed := inflight.settle()):
                 retry_later(unindexed(), failed)
                 continue
-            progress.maybe_log(consumer)
+            if committer.abandoned:
+                break
+            progress.maybe_log(committer.consumer)
             idle = time.monotonic() - last_message
             leaving = options.exit_when_idle is not None and idle >= options.exit_when_idle
             synced = sync.drain_now(complete=leaving) if sync is not None else True
@@ -705,9 +741,9 @@ def _consume(
                 retry_later(TransientError(f"batch not stored ({exc})"), batch)
                 continue
             failures = 0
-            _commit(consumer, batch)
+            committer.commit(batch)
             progress.total.add(report)
-            progress.maybe_log(consumer)
+            progress.maybe_log(committer.consumer)
             continue
         try:
             stored = processor.store(batch)
@@ -723,7 +759,7 @@ def _consume(
             # is stored at once (the database has it), which says nothing about OpenSearch.
             failures = 0
         inflight.start(batch, stored)
-        progress.maybe_log(consumer)
+        progress.maybe_log(committer.consumer)
     if inflight is not None:
         inflight.settle()  # stopping: commit the last batch if it was indexed
 
@@ -791,16 +827,136 @@ def _is_error(message: Message) -> bool:
     return True
 
 
-def _commit(consumer: Consumer, batch: Sequence[Message]) -> None:
+def _call(call: Callable[[], object]) -> BaseException | bool:
+    """``call()`` here: True, or the :class:`KafkaException` it raised."""
     try:
-        consumer.commit(offsets=_offsets(batch), asynchronous=False)
+        call()
     except KafkaException as exc:
-        # A rebalance meanwhile: partitions that moved to another consumer are re-read there
-        # from the last committed offset. Partitions this consumer keeps (cooperative
-        # rebalancing keeps most) are re-read here: without the rewind their offsets would
-        # stay uncommitted until the next message arrived. The sinks ignore what is stored.
-        _log.warning("offset commit failed (%s); the batch will be redelivered", exc)
-        _rewind(consumer, batch)
+        return exc
+    return True
+
+
+class _Committer:
+    """Commits offsets, and closes the consumer, without letting a hung Kafka hold the process.
+
+    librdkafka's synchronous commit waits for the group coordinator's answer with no time
+    limit, inside C code: a broker that keeps its connections open but does not answer (hung,
+    or cut off by the network) held the loop, the log and even the stop signal's handler for as
+    long as it stayed so (a drill: ten minutes, until the broker was resumed). So each commit
+    runs in a thread of its own while the loop waits in short slices: it reports the wait every
+    half minute, and once a stop signal has arrived it gives Kafka ``grace`` seconds (for all
+    the commits and the group's leave that follow, together), then exits without them.
+    Nothing is lost that way: a batch is committed only after every sink stored it, so a
+    commit left behind only means the batch is read again, and the sinks find it stored.
+    """
+
+    def __init__(self, consumer: Consumer, stop: threading.Event, *, grace: float) -> None:
+        self._consumer = consumer
+        self._stop = stop
+        self._grace = grace
+        self._deadline: float | None = None  # set once the stop signal is seen
+        self.abandoned = False
+        """Whether a commit or the close was left unanswered at a stop."""
+
+    @property
+    def consumer(self) -> Consumer | None:
+        """The consumer, or None once a call was left waiting in it.
+
+        confluent-kafka serializes the calls on one client: any further call, even one that
+        asks nothing of Kafka (``assignment()``), would wait behind the call left waiting.
+        """
+        return None if self.abandoned else self._consumer
+
+    def commit(self, batch: Sequence[Message], *, inline: bool = False) -> None:
+        """Commit the offsets after ``batch``; on a refusal, rewind so that it is read again.
+
+        ``inline``: commit in this thread, unbounded, as from a rebalance callback. The
+        callback runs inside ``consume()`` or ``close()``, which hold the client: a commit from
+        another thread would wait for them, and they for the callback.
+        """
+        if self.abandoned:
+            return  # stopping, and Kafka does not answer: the batch is read again, as above
+        offsets = _offsets(batch)
+
+        def commit() -> None:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+
+        outcome = _call(commit) if inline else self._bounded(commit, "offset commit")
+        if outcome is None:
+            _log.warning(
+                "Kafka did not answer the offset commit within %.0fs of the stop: exiting "
+                "without it. The batch is stored; the group reads it again from its last "
+                "committed offset, and the sinks skip what they have",
+                self._grace,
+            )
+            return
+        if isinstance(outcome, KafkaException):
+            # A rebalance meanwhile: partitions that moved to another consumer are re-read
+            # there from the last committed offset. Partitions this consumer keeps (cooperative
+            # rebalancing keeps most) are re-read here: without the rewind their offsets would
+            # stay uncommitted until the next message arrived. The sinks ignore what is stored.
+            _log.warning("offset commit failed (%s); the batch will be redelivered", outcome)
+            _rewind(self._consumer, batch)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+
+    def close(self) -> None:
+        """Leave the group and close the consumer, waiting at most the grace once stopping.
+
+        Without a stop signal (``--exit-when-idle``) the close is waited for as long as
+        Kafka takes, with a report every half minute. The close runs even when the grace is
+        spent: left to the garbage collector, the client would close itself in this thread
+        and wait for Kafka there, unbounded; the close's thread keeps it alive instead.
+        """
+        outcome = self._bounded(self._consumer.close, "close of the Kafka consumer")
+        if outcome is None:
+            _log.warning(
+                "Kafka did not answer the consumer's leave of the group within %.0fs of the "
+                "stop: exiting without it. The group gives this consumer's partitions to the "
+                "others once its session times out (--session-timeout)",
+                self._grace,
+            )
+        elif isinstance(outcome, BaseException):
+            raise outcome
+
+    def _bounded(self, call: Callable[[], object], what: str) -> BaseException | bool | None:
+        """Run ``call`` in a daemon thread; its exception, True, or None if left behind.
+
+        A daemon thread, so that one left waiting in C code does not keep the process from
+        exiting (and keeps the client it waits on alive until then).
+        """
+        done = threading.Event()
+        outcome: list[BaseException | bool] = []
+
+        def run() -> None:
+            try:
+                call()
+                outcome.append(True)
+            except BaseException as exc:  # handed to the loop's thread
+                outcome.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="kafka-commit", daemon=True).start()
+        began = noted = time.monotonic()
+        while not done.wait(_COMMIT_SLICE):  # signal handlers run between the slices
+            now = time.monotonic()
+            if self._stop.is_set():
+                if self._deadline is None:
+                    self._deadline = now + self._grace
+                if now >= self._deadline:
+                    self.abandoned = True
+                    return None
+            elif now - noted >= _COMMIT_NOTE_INTERVAL:
+                _log.warning(
+                    "the %s has waited %.0fs for Kafka's answer (is the broker hung or cut "
+                    "off?); still waiting. The batch is stored: nothing is lost. A stop "
+                    "signal exits after --stop-grace seconds",
+                    what,
+                    now - began,
+                )
+                noted = now
+        return outcome[0]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -820,9 +976,10 @@ def _parser() -> argparse.ArgumentParser:
             "  python -m clickstream.consume --exit-when-idle 10 --no-opensearch\n"
             "  CLICKSTREAM_STACK_OUTPUTS=outputs.json python -m clickstream.consume\n\n"
             "SIGINT/SIGTERM finish the current batch, commit and exit 0 (also while waiting for\n"
-            "a service at start); a second one exits at once with 130, and the batch in\n"
-            "progress is consumed again by the next run. Exit status: 0 success, 1 fatal\n"
-            "Kafka error, 2 configuration error (the message says which setting and what to do)."
+            "a service at start; a commit Kafka leaves unanswered gets --stop-grace seconds);\n"
+            "a second one exits at once with 130, and the batch in progress is consumed\n"
+            "again by the next run. Exit status: 0 success, 1 fatal Kafka error, 2\n"
+            "configuration error (the message says which setting and what to do)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -881,6 +1038,16 @@ def _parser() -> argparse.ArgumentParser:
         help="how soon the group reassigns the partitions of a consumer that died, 6 to 1800"
         " (what the broker allows by default; default 45)",
     )
+    parser.add_argument(
+        "--stop-grace",
+        type=float,
+        default=_DEFAULT_STOP_GRACE,
+        metavar="SECONDS",
+        help="after SIGINT/SIGTERM, how long Kafka has to answer the last offset commit and"
+        " the group's leave before the consumer exits without them (default 10; keep it below"
+        " your supervisor's kill timeout). Nothing is lost either way: an uncommitted batch is"
+        " read again and found stored",
+    )
     add_log_level(parser)
     return parser
 
@@ -921,6 +1088,11 @@ def _options(args: argparse.Namespace) -> ConsumerOptions:
             "(what the broker accepts by default)",
             args.session_timeout,
         ),
+        (
+            0 <= args.stop_grace <= _MAX_STOP_GRACE,
+            f"--stop-grace must be at least 0 and at most {_MAX_STOP_GRACE:.0f} seconds",
+            args.stop_grace,
+        ),
     ]
     for ok, message, value in checks:
         if not ok:  # NaN fails every comparison, so it lands here too
@@ -933,6 +1105,7 @@ def _options(args: argparse.Namespace) -> ConsumerOptions:
         search_sync_interval=args.search_sync_interval,
         opensearch=not args.no_opensearch,
         session_timeout=args.session_timeout,
+        stop_grace=args.stop_grace,
     )
 
 

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from clickstream.consume import _Inflight, _Progress
+from clickstream.consume import _Committer, _Inflight, _Progress
 from clickstream.errors import TransientError
 from clickstream.pipeline import BatchReport
 
@@ -68,7 +68,8 @@ class Processor:
 
 def _inflight(processor: Processor) -> tuple[_Inflight, Consumer, _Progress]:
     consumer, progress = Consumer(), _Progress(3600)
-    return _Inflight(consumer, processor, progress), consumer, progress  # type: ignore[arg-type]
+    committer = _Committer(consumer, threading.Event(), grace=1.0)  # type: ignore[arg-type]
+    return _Inflight(committer, processor, progress), consumer, progress
 
 
 def test_offsets_are_committed_only_once_indexing_finished() -> None:
