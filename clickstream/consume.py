@@ -66,6 +66,8 @@ _COMMIT_NOTE_INTERVAL: Final = 30.0
 _COMMIT_SLICE: Final = 0.2
 """Seconds per wait for a commit: a stop signal is acted on between slices."""
 _DEFAULT_STOP_GRACE: Final = 10.0
+_STOP_MARGIN: Final = 5.0
+"""Seconds past the grace before a stop that has not finished exits (see :class:`_Stop`)."""
 _MAX_STOP_GRACE: Final = 3600.0
 
 _MAX_SEARCH_SYNC_INTERVAL: Final = 3600.0
@@ -94,11 +96,16 @@ class _Stop:
     """Set by SIGINT/SIGTERM (or a test); the loop finishes its batch and exits.
 
     A second signal exits at once with status 130, committing nothing more: the batch in
-    progress is redelivered to the next consumer of the group, as after a crash.
+    progress is redelivered to the next consumer of the group, as after a crash. So does a
+    stop that has not finished :data:`_STOP_MARGIN` seconds after ``grace`` (``--stop-grace``),
+    with status 0: a service that does not answer (a hung PostgreSQL holds the batch's
+    transaction with no time limit the client can enforce) cannot keep the process.
     """
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.grace = _DEFAULT_STOP_GRACE
+        self._watchdog: threading.Timer | None = None
 
     def __call__(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -112,6 +119,25 @@ class _Stop:
             os._exit(130)
         _log.info("received %s: finishing the current batch (a second signal exits at once)", name)
         self.event.set()
+        self._watchdog = threading.Timer(self.grace + _STOP_MARGIN, self._overrun, args=(name,))
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _overrun(self, name: str) -> None:
+        _log.warning(
+            "still not stopped %.0fs after %s: a service does not answer (PostgreSQL, "
+            "OpenSearch or Kafka). Exiting without the batch in progress (status 0): it is not "
+            "committed and will be consumed again",
+            self.grace + _STOP_MARGIN,
+            name,
+        )
+        logging.shutdown()
+        os._exit(0)
+
+    def disarm(self) -> None:
+        """The stop finished: no overrun exit."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
 
 class _Stopped(Exception):
@@ -535,6 +561,51 @@ class _SearchSync:
             self._thread.join()
 
 
+class _Stall:
+    """Reports, from a thread of its own, a step of the loop that waits on a service too long.
+
+    A hung PostgreSQL holds the batch's transaction with no time limit the client can
+    enforce (a stopped server answers neither the query nor a cancel), and the loop would say
+    nothing meanwhile. The loop names each step that waits on a service (:meth:`step`); this
+    thread logs one warning per ``interval`` while the same step lasts longer.
+    """
+
+    def __init__(self, interval: float = _COMMIT_NOTE_INTERVAL) -> None:
+        self._interval = interval
+        self._current: tuple[str | None, float] = (None, time.monotonic())  # one atomic swap
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stall-report", daemon=True)
+        self._thread.start()
+
+    def step(self, what: str | None) -> None:
+        """The loop now waits for ``what`` (None: for nothing in particular)."""
+        self._current = (what, time.monotonic())
+
+    def _watch(self) -> None:
+        noted: tuple[tuple[str | None, float], float] | None = None
+        while not self._done.wait(min(5.0, self._interval / 2)):
+            current = self._current
+            what, since = current
+            now = time.monotonic()
+            if what is None or now - since < self._interval:
+                continue
+            if noted is not None and noted[0] is current and now - noted[1] < self._interval:
+                continue
+            _log.warning(
+                "%s has taken %.0fs so far (is the service hung or cut off?); still waiting. "
+                "Nothing is committed until it is done, so nothing is lost; a stop signal "
+                "exits within --stop-grace seconds and 5 more",
+                what,
+                now - since,
+            )
+            noted = (current, now)
+
+    def close(self) -> None:
+        """Stop the thread."""
+        self._done.set()
+        self._thread.join()
+
+
 def _loop(
     consumer: Consumer,
     processor: BatchProcessor,
@@ -549,40 +620,46 @@ def _loop(
 ) -> None:
     if committer is None:
         committer = _Committer(consumer, stop, grace=options.stop_grace)
-    if processor.search is None:
-        _consume(
-            consumer,
-            processor,
-            options,
-            progress,
-            stop,
-            sync=None,
-            topic=topic,
-            serve=serve,
-            committer=committer,
-        )
-        return
-    if inflight is None:
-        inflight = _Inflight(committer, processor, progress)
-    sync = _SearchSync(processor, options.search_sync_interval)
-    sync.start()
+    stall = _Stall()
     try:
-        _consume(
-            consumer,
-            processor,
-            options,
-            progress,
-            stop,
-            sync=sync,
-            topic=topic,
-            serve=serve,
-            inflight=inflight,
-            committer=committer,
-        )
+        if processor.search is None:
+            _consume(
+                consumer,
+                processor,
+                options,
+                progress,
+                stop,
+                sync=None,
+                topic=topic,
+                serve=serve,
+                committer=committer,
+                stall=stall,
+            )
+            return
+        if inflight is None:
+            inflight = _Inflight(committer, processor, progress)
+        sync = _SearchSync(processor, options.search_sync_interval)
+        sync.start()
+        try:
+            _consume(
+                consumer,
+                processor,
+                options,
+                progress,
+                stop,
+                sync=sync,
+                topic=topic,
+                serve=serve,
+                inflight=inflight,
+                committer=committer,
+                stall=stall,
+            )
+        finally:
+            inflight.close()
+            sync.close()
+        sync.check()
     finally:
-        inflight.close()
-        sync.close()
-    sync.check()
+        stall.close()
 
 
 class _Inflight:
@@ -672,6 +749,7 @@ def _consume(
     topic: str,
     serve: Callable[[], None],
     committer: _Committer,
+    stall: _Stall,
     inflight: _Inflight | None = None,
 ) -> None:
     """The loop; ``serve()`` runs once per poll (the dead-letter client's log lines).
@@ -735,22 +813,30 @@ def _consume(
             continue
         last_message = time.monotonic()
         if inflight is None:
+            stall.step("storing a batch in the database")
             try:
                 report = processor.process(batch)
             except TransientError as exc:
+                stall.step(None)
                 retry_later(TransientError(f"batch not stored ({exc})"), batch)
                 continue
+            stall.step(None)
             failures = 0
             committer.commit(batch)
             progress.total.add(report)
             progress.maybe_log(committer.consumer)
             continue
+        stall.step("storing a batch in the database")
         try:
             stored = processor.store(batch)
         except TransientError as exc:
+            stall.step(None)
             retry_later(TransientError(f"batch not stored ({exc})"), [*inflight.settle(), *batch])
             continue
-        if failed := inflight.settle():
+        stall.step("indexing the batch before it into OpenSearch")  # its SQL is committed
+        failed = inflight.settle()
+        stall.step(None)
+        if failed:
             processor.owe(stored)  # stored, but read again with the batch before it
             retry_later(unindexed(), [*failed, *batch])
             continue
@@ -1044,9 +1130,10 @@ def _parser() -> argparse.ArgumentParser:
         default=_DEFAULT_STOP_GRACE,
         metavar="SECONDS",
         help="after SIGINT/SIGTERM, how long Kafka has to answer the last offset commit and"
-        " the group's leave before the consumer exits without them (default 10; keep it below"
-        " your supervisor's kill timeout). Nothing is lost either way: an uncommitted batch is"
-        " read again and found stored",
+        " the group's leave before the consumer exits without them; a stop still not done 5 s"
+        " later (a hung database holding the batch) exits without the batch (default 10; keep"
+        " it below your supervisor's kill timeout). Nothing is lost either way: an"
+        " uncommitted batch is read again",
     )
     add_log_level(parser)
     return parser
@@ -1147,6 +1234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             command="clickstream.consume",
         )
         options = _options(args)
+        stop.grace = options.stop_grace
         total = run(settings, options, stop=stop.event)
     except ClickstreamError as exc:
         _log.error("%s", exc)
@@ -1155,6 +1243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.error("fatal Kafka error: %s", exc)
         return 1
     finally:
+        stop.disarm()
         for sig, handler in handlers.items():  # a caller's own handlers, back in place
             signal.signal(sig, handler)
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(total.reasons.items())) or "none"

@@ -389,7 +389,9 @@ class Blackout:
     """A TCP proxy in front of a real server that can be switched off and on.
 
     Switched off, it drops every open connection and refuses new ones: to a client the server
-    looks down, while the real server (shared by other tests) keeps running.
+    looks down, while the real server (shared by other tests) keeps running. Hung
+    (:meth:`hang`), it keeps every connection open and accepts new ones but forwards nothing:
+    the server looks hung, as a stopped process or a silent network does.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -398,6 +400,9 @@ class Blackout:
         self.port = self._listener.getsockname()[1]
         self._up = threading.Event()
         self._up.set()
+        self._hung = threading.Event()
+        self.holding = threading.Event()
+        """Set once a hang holds back bytes: a client's request or the answer it waits for."""
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
@@ -428,6 +433,11 @@ class Blackout:
         try:
             while self._up.is_set():
                 readable, _, _ = select.select([a, b], [], [], 0.2)
+                if self._hung.is_set():
+                    if readable:  # a request, or the answer a client waits for
+                        self.holding.set()
+                    time.sleep(0.05)  # hold the bytes where they are
+                    continue
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:
@@ -451,6 +461,14 @@ class Blackout:
 
     def up(self) -> None:
         self._up.set()
+
+    def hang(self) -> None:
+        """Forward nothing more, with every connection kept open, until :meth:`resume`."""
+        self.holding.clear()
+        self._hung.set()
+
+    def resume(self) -> None:
+        self._hung.clear()
 
     def close(self) -> None:
         self.down()

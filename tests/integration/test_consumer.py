@@ -688,3 +688,44 @@ def test_a_stop_is_honoured_while_kafka_hangs_and_nothing_is_lost(
         client.indices.refresh(index=f"{opensearch_index_prefix}*")
         indexed = client.count(index=f"{opensearch_index_prefix}-events*")["count"]
         assert indexed == len({e["event_id"] for e in events})
+
+
+def test_a_stop_is_honoured_while_the_database_hangs_and_nothing_is_lost(
+    stack, topics, migrated_database_url, tmp_path: Path
+) -> None:
+    """A hung PostgreSQL (connections open, nothing answered) does not hold a stop.
+
+    The batch's transaction waits with no limit the client can enforce. A stop still not done
+    --stop-grace + 5 s after the signal exits 0 without the batch; the next run stores it.
+    """
+    events = random_events(59, users=300, per_user=30)
+    t = topics(3)
+    produce_events(stack.kafka_bootstrap, t.events, events)
+    real = make_url(migrated_database_url)
+    count = lambda: scalar(migrated_database_url, "SELECT count(*) FROM events")  # noqa: E731
+    with blackout(real.host or "127.0.0.1", real.port or 5432) as proxy:
+        through_proxy = real.set(host="127.0.0.1", port=proxy.port).render_as_string(
+            hide_password=False
+        )
+        env = _env(stack, t, through_proxy)
+        log = tmp_path / "consumer.log"
+        process = start_consumer(
+            env, "--no-opensearch", "--batch-size", "100", "--stop-grace", "1", log=log
+        )
+        try:
+            wait_until(lambda: count() >= len(events) // 4, timeout=120, what="first batches")
+            proxy.hang()
+            # The consumer sent the database a request that the hang holds: it waits in a batch.
+            wait_until(proxy.holding.is_set, timeout=60, what="a request held by the hang")
+            process.send_signal(signal.SIGTERM)
+            # A liveness bound, not a measure: before the fix this waited for the database.
+            assert process.wait(120) == 0, log.read_text()[-3000:]
+        finally:
+            if process.poll() is None:
+                kill_hard(process)
+            proxy.resume()
+    first = log.read_text(errors="replace")
+    assert "still not stopped" in first, first[-3000:]
+    assert count() < len(events)
+    run_consumer(_env(stack, t, migrated_database_url), "--no-opensearch", log=tmp_path / "b.log")
+    _assert_exact(migrated_database_url, events)
