@@ -50,7 +50,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from clickstream.cli import add_log_level, configure_logging, whole_number
+from clickstream.cli import (
+    INTERRUPTED,
+    Stopped,
+    WaitWatch,
+    add_log_level,
+    configure_logging,
+    stop_on_signals,
+    whole_number,
+)
 from clickstream.db import make_engine, refusal_error
 from clickstream.db.models import (
     UtcDateTime,
@@ -914,7 +922,7 @@ def _parser() -> argparse.ArgumentParser:
             "The database comes from --database-url, else CLICKSTREAM_DATABASE_URL (or the "
             "Pulumi stack outputs, reader credentials), else sqlite:///clickstream.db.\n"
             "Definitions: docs/analytics.md. Exit status: 0 done, 2 bad arguments or settings, "
-            "3 the database could not be read."
+            "3 the database could not be read, 130 stopped by SIGINT/SIGTERM."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -966,9 +974,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClickstreamError as exc:
         _log.error("%s", exc)
         return 2
+    watch = WaitWatch(_log)
     try:
-        with snapshot(engine) as conn:
+        with (
+            stop_on_signals(),
+            watch.waiting(
+                f"the database ({engine.url.render_as_string(hide_password=True)}) to answer "
+                "the report's queries",
+                hint="Is the server hung or cut off? Ctrl-C or SIGTERM stops",
+            ),
+            snapshot(engine) as conn,
+        ):
             board = dashboard(conn, time_range=time_range, now=now, limit=args.limit)
+    except Stopped as exc:
+        _log.error("report %s before the database answered", exc)
+        return INTERRUPTED
     except DBAPIError as exc:
         refused = refusal_error(exc)
         if refused is not None:
@@ -981,6 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 3
     finally:
+        watch.close()
         engine.dispose()
     if args.json:
         from clickstream.dashboard.server import to_json  # noqa: PLC0415 - it imports this module

@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import DBAPIError
 
-from clickstream.cli import add_log_level, configure_logging
+from clickstream.cli import WaitWatch, add_log_level, configure_logging
 from clickstream.db import make_engine, refusal_error
 from clickstream.db.models import Base
 from clickstream.dead_letters import KafkaDeadLetterSink
@@ -65,6 +65,10 @@ _COMMIT_NOTE_INTERVAL: Final = 30.0
 """How often a commit that Kafka does not answer is reported while the loop waits for it."""
 _COMMIT_SLICE: Final = 0.2
 """Seconds per wait for a commit: a stop signal is acted on between slices."""
+_STALL_HINT: Final = (
+    "Is the service hung or cut off? Nothing is committed until it is done, so nothing is "
+    "lost; a stop signal exits within --stop-grace seconds and 5 more"
+)
 _DEFAULT_STOP_GRACE: Final = 10.0
 _STOP_MARGIN: Final = 5.0
 """Seconds past the grace before a stop that has not finished exits (see :class:`_Stop`)."""
@@ -561,51 +565,6 @@ class _SearchSync:
             self._thread.join()
 
 
-class _Stall:
-    """Reports, from a thread of its own, a step of the loop that waits on a service too long.
-
-    A hung PostgreSQL holds the batch's transaction with no time limit the client can
-    enforce (a stopped server answers neither the query nor a cancel), and the loop would say
-    nothing meanwhile. The loop names each step that waits on a service (:meth:`step`); this
-    thread logs one warning per ``interval`` while the same step lasts longer.
-    """
-
-    def __init__(self, interval: float = _COMMIT_NOTE_INTERVAL) -> None:
-        self._interval = interval
-        self._current: tuple[str | None, float] = (None, time.monotonic())  # one atomic swap
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="stall-report", daemon=True)
-        self._thread.start()
-
-    def step(self, what: str | None) -> None:
-        """The loop now waits for ``what`` (None: for nothing in particular)."""
-        self._current = (what, time.monotonic())
-
-    def _watch(self) -> None:
-        noted: tuple[tuple[str | None, float], float] | None = None
-        while not self._done.wait(min(5.0, self._interval / 2)):
-            current = self._current
-            what, since = current
-            now = time.monotonic()
-            if what is None or now - since < self._interval:
-                continue
-            if noted is not None and noted[0] is current and now - noted[1] < self._interval:
-                continue
-            _log.warning(
-                "%s has taken %.0fs so far (is the service hung or cut off?); still waiting. "
-                "Nothing is committed until it is done, so nothing is lost; a stop signal "
-                "exits within --stop-grace seconds and 5 more",
-                what,
-                now - since,
-            )
-            noted = (current, now)
-
-    def close(self) -> None:
-        """Stop the thread."""
-        self._done.set()
-        self._thread.join()
-
-
 def _loop(
     consumer: Consumer,
     processor: BatchProcessor,
@@ -620,7 +579,7 @@ def _loop(
 ) -> None:
     if committer is None:
         committer = _Committer(consumer, stop, grace=options.stop_grace)
-    stall = _Stall()
+    stall = WaitWatch(_log, after=_COMMIT_NOTE_INTERVAL, every=_COMMIT_NOTE_INTERVAL)
     try:
         if processor.search is None:
             _consume(
@@ -749,7 +708,7 @@ def _consume(
     topic: str,
     serve: Callable[[], None],
     committer: _Committer,
-    stall: _Stall,
+    stall: WaitWatch,
     inflight: _Inflight | None = None,
 ) -> None:
     """The loop; ``serve()`` runs once per poll (the dead-letter client's log lines).
@@ -813,29 +772,25 @@ def _consume(
             continue
         last_message = time.monotonic()
         if inflight is None:
-            stall.step("storing a batch in the database")
             try:
-                report = processor.process(batch)
+                with stall.waiting("the database to store a batch", hint=_STALL_HINT):
+                    report = processor.process(batch)
             except TransientError as exc:
-                stall.step(None)
                 retry_later(TransientError(f"batch not stored ({exc})"), batch)
                 continue
-            stall.step(None)
             failures = 0
             committer.commit(batch)
             progress.total.add(report)
             progress.maybe_log(committer.consumer)
             continue
-        stall.step("storing a batch in the database")
         try:
-            stored = processor.store(batch)
+            with stall.waiting("the database to store a batch", hint=_STALL_HINT):
+                stored = processor.store(batch)
         except TransientError as exc:
-            stall.step(None)
             retry_later(TransientError(f"batch not stored ({exc})"), [*inflight.settle(), *batch])
             continue
-        stall.step("indexing the batch before it into OpenSearch")  # its SQL is committed
-        failed = inflight.settle()
-        stall.step(None)
+        with stall.waiting("OpenSearch to index the batch before it", hint=_STALL_HINT):
+            failed = inflight.settle()
         if failed:
             processor.owe(stored)  # stored, but read again with the batch before it
             retry_later(unindexed(), [*failed, *batch])

@@ -25,13 +25,22 @@ from typing import Any, Final
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from clickstream.analytics import parse_moment
-from clickstream.cli import add_log_level, configure_logging, number, whole_number
+from clickstream.cli import (
+    INTERRUPTED,
+    Stopped,
+    add_log_level,
+    configure_logging,
+    number,
+    stop_on_signals,
+    whole_number,
+)
 from clickstream.errors import ConfigError, DeliveryError, InvalidEvent, TransientError
 from clickstream.events import Reason, decode_event
 from clickstream.kafka import (
     DLQ_MAX_MESSAGE_BYTES,
     kafka_client_config,
     librdkafka_logger,
+    list_topics,
     require_topic,
 )
 from clickstream.pipeline import DeadLetter
@@ -80,6 +89,12 @@ _TERMINAL_CODES: Final = frozenset(
 )
 
 _log = logging.getLogger("clickstream.dead_letters")  # also when run as __main__
+
+_WAIT_SLICE_S: Final = 0.5
+"""Longest single wait inside librdkafka when reading or replaying: a signal handler runs
+only between two such waits."""
+_NOTE_AFTER_S: Final = 5.0
+"""How long Kafka may stay silent while letters are read before a line says so."""
 
 
 class KafkaDeadLetterSink:
@@ -241,8 +256,16 @@ class KafkaDeadLetterSink:
 
         The loop calls it once per poll, so that while Kafka is unreachable the client's
         connection errors reach the log, de-duplicated, instead of piling up in its queue.
+        It never waits: while another thread sends letters (the search outbox's drainer,
+        flushing to a broker that does not answer), confluent-kafka would hold this call
+        behind that flush, and with it the consume loop; the flush serves the queue anyway.
         """
-        self._producer.poll(0)
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._producer.poll(0)
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         """Flush what is pending."""
@@ -388,7 +411,11 @@ def read_letters(
         require_topic(
             consumer, topic, what="dead-letter", setting="CLICKSTREAM_DLQ_TOPIC", timeout=timeout
         )
-        partitions = sorted(consumer.list_topics(topic, timeout=timeout).topics[topic].partitions)
+        try:
+            metadata = list_topics(consumer, topic, timeout=timeout)
+        except KafkaException as exc:
+            raise _read_error(topic, exc) from exc
+        partitions = sorted(metadata.topics[topic].partitions)
         if partition is not None:
             if partition not in partitions:
                 msg = (
@@ -400,12 +427,7 @@ def read_letters(
         ends: dict[int, int] = {}
         starts: list[TopicPartition] = []
         for number in partitions:
-            try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, number), timeout=timeout
-                )
-            except KafkaException as exc:
-                raise _read_error(topic, exc) from exc
+            low, high = _watermarks(consumer, TopicPartition(topic, number), timeout)
             start, end = _span(low, high, last=last, offsets=offsets)
             if start < end:
                 ends[number] = end
@@ -414,19 +436,32 @@ def read_letters(
             return
         consumer.assign(starts)
         deadline = time.monotonic() + timeout
+        noted = False
         while ends:
-            message = consumer.poll(0.5)
+            message = consumer.poll(_WAIT_SLICE_S)
             if message is None:
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now > deadline:
                     msg = f"no dead letter arrived from {topic} within {timeout:g} s"
                     raise TransientError(msg)
+                if not noted and now - (deadline - timeout) >= _NOTE_AFTER_S:
+                    _log.warning(
+                        "Kafka has sent no dead letter for %.0f s, with %d partition(s) of %s "
+                        "still to read (is the broker hung or unreachable?); giving up after "
+                        "%g s (Ctrl-C to stop)",
+                        now - (deadline - timeout),
+                        len(ends),
+                        topic,
+                        timeout,
+                    )
+                    noted = True
                 continue
             error = message.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     continue
                 raise _read_error(topic, KafkaException(error))
-            deadline = time.monotonic() + timeout
+            deadline, noted = time.monotonic() + timeout, False
             number, offset = message.partition(), message.offset()
             if number is None or offset is None or number not in ends:
                 continue
@@ -446,6 +481,27 @@ def read_letters(
                 del ends[number]
     finally:
         consumer.close()
+
+
+def _watermarks(consumer: Consumer, partition: TopicPartition, timeout: float) -> tuple[int, int]:
+    """The partition's low and high offsets, asked in short slices (signals are heard)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        began = time.monotonic()
+        wait = min(max(deadline - began, 0.001), _WAIT_SLICE_S)
+        try:
+            low, high = consumer.get_watermark_offsets(partition, timeout=wait)
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            timed_out = isinstance(error, KafkaError) and error.code() in (
+                KafkaError._TIMED_OUT,
+                KafkaError._TRANSPORT,
+            )
+            now = time.monotonic()
+            if not timed_out or now >= deadline:
+                raise _read_error(partition.topic, exc) from exc
+            time.sleep(max(min(began + wait, deadline) - now, 0.0))
 
 
 def _span(
@@ -741,7 +797,17 @@ class EventsReplayer:
         A message still unacknowledged after the flush timeout counts as not delivered;
         :attr:`failures` says why the others failed.
         """
-        remaining = self._producer.flush(self._flush_timeout)
+        deadline = time.monotonic() + self._flush_timeout
+        remaining = self._producer.flush(min(_WAIT_SLICE_S, self._flush_timeout))
+        if remaining:
+            _log.info(
+                "waiting up to %g s for Kafka to acknowledge %d replayed message(s) (Ctrl-C "
+                "stops; replaying again is safe)",
+                self._flush_timeout,
+                remaining,
+            )
+        while remaining and time.monotonic() < deadline:
+            remaining = self._producer.flush(min(_WAIT_SLICE_S, deadline - time.monotonic()))
         if remaining:
             self._failures.append(
                 f"{remaining} message(s) not acknowledged within {self._flush_timeout:g} s"
@@ -798,7 +864,8 @@ def _parser() -> argparse.ArgumentParser:
             "outputs, each comes from its own certificate.\n\n"
             "Exit status: 0 success, 1 a replayed message was not delivered (run it again: the\n"
             "consumer ignores what it already stored), 2 configuration error (missing topic, no\n"
-            "permission), 3 Kafka did not answer."
+            "permission), 3 Kafka did not answer, 130 stopped by SIGINT/SIGTERM (a replay may\n"
+            "have sent part of the letters: run it again, it is safe)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -938,10 +1005,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     wanted = LetterFilter(reason=args.reason, since=args.since, until=args.until)
     try:
-        if not args.replay:
-            _show(letters, wanted, settings=settings, args=args)
-            return 0
-        return _replay(letters, wanted, settings=sender or settings, args=args)
+        with stop_on_signals():
+            if not args.replay:
+                _show(letters, wanted, settings=settings, args=args)
+                return 0
+            return _replay(letters, wanted, settings=sender or settings, args=args)
+    except Stopped as exc:
+        if args.replay and not args.dry_run:
+            _log.error(
+                "%s: the letters replayed so far may or may not have reached %s; run the same "
+                "replay again (the consumer stores and counts an event_id once)",
+                exc,
+                (sender or settings).topic,
+            )
+        else:
+            _log.error("%s before every letter was read (reading changes nothing)", exc)
+        return INTERRUPTED
     except ConfigError as exc:
         _log.error("%s", exc)
         return 2

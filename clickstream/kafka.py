@@ -15,7 +15,20 @@ from confluent_kafka import KafkaError, KafkaException
 from clickstream.errors import ConfigError, TransientError
 from clickstream.settings import Settings
 
-__all__ = ["DLQ_MAX_MESSAGE_BYTES", "kafka_client_config", "librdkafka_logger", "require_topic"]
+__all__ = [
+    "DLQ_MAX_MESSAGE_BYTES",
+    "kafka_client_config",
+    "librdkafka_logger",
+    "list_topics",
+    "require_topic",
+]
+
+_logger = logging.getLogger(__name__)
+
+_METADATA_SLICE_S: Final = 1.0
+"""Longest single metadata request: a signal handler runs only between two of them."""
+_METADATA_NOTE_S: Final = 5.0
+"""How long a metadata request goes unanswered before a line says that Kafka is awaited."""
 
 DLQ_MAX_MESSAGE_BYTES: Final = 2 * 1024 * 1024
 """The dead-letter topic's ``max.message.bytes`` (``python -m clickstream.topics`` and Pulumi
@@ -89,6 +102,46 @@ def librdkafka_logger() -> logging.Logger:
     return logger
 
 
+def list_topics(client: Any, topic: str | None = None, *, timeout: float) -> Any:
+    """The cluster's metadata (of ``topic`` alone, when given), waited for in short slices.
+
+    librdkafka waits for a metadata answer inside C code, where Python's signal handlers do
+    not run: one ``list_topics(timeout=30)`` against a hung broker held SIGINT for the whole
+    30 s and said nothing meanwhile. Here each request waits at most a second, so a stop
+    signal is acted on between two of them (the client keeps connecting in the background
+    across them), and a wait longer than a few seconds is reported once, with the deadline.
+
+    Args:
+        client: any confluent-kafka client (it has ``list_topics``).
+        topic: ask about this topic only, or about every topic (None).
+        timeout: seconds to keep asking before giving up.
+
+    Raises:
+        KafkaException: no broker answered within ``timeout`` (the last attempt's error).
+    """
+    deadline = time.monotonic() + timeout
+    noted = False
+    while True:
+        began = time.monotonic()
+        wait = min(max(deadline - began, 0.001), _METADATA_SLICE_S)
+        try:
+            return client.list_topics(topic, timeout=wait)
+        except KafkaException:
+            now = time.monotonic()
+            if now >= deadline:
+                raise
+            if not noted and now - (deadline - timeout) >= _METADATA_NOTE_S:
+                _logger.warning(
+                    "Kafka has not answered a metadata request for %.0f s (is the broker down, "
+                    "hung or unreachable?); waiting up to %g s in all (Ctrl-C to stop)",
+                    now - (deadline - timeout),
+                    timeout,
+                )
+                noted = True
+            # A refused connection fails at once: do not ask again faster than once a slice.
+            time.sleep(max(min(began + wait, deadline) - now, 0.0))
+
+
 def require_topic(
     client: Any, topic: str, *, what: str, setting: str, timeout: float = 15.0
 ) -> None:
@@ -105,7 +158,7 @@ def require_topic(
         TransientError: the brokers did not answer.
     """
     try:
-        metadata = client.list_topics(topic, timeout=timeout).topics.get(topic)
+        metadata = list_topics(client, topic, timeout=timeout).topics.get(topic)
     except KafkaException as exc:
         msg = f"Kafka did not answer a metadata request: {exc}"
         raise TransientError(msg) from exc

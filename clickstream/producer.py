@@ -34,6 +34,11 @@ _REPEAT_WARNING_S: Final = 10.0
 """librdkafka repeats connection errors while it retries; log each text at most this often."""
 _WAIT_SLICE_S: Final = 0.5
 """Longest single wait inside librdkafka: signal handlers run only between two such calls."""
+_WAIT_NOTE_AFTER_S: Final = 10.0
+"""A wait for queue space or delivery reports this long is reported (and again every
+:data:`_WAIT_NOTE_EVERY_S`): a broker that is hung keeps its connections open and says nothing,
+and librdkafka notices only when a request times out, a minute later."""
+_WAIT_NOTE_EVERY_S: Final = 30.0
 POLL_EVERY: Final = 256
 """Serve callbacks (failed deliveries, client errors) once per this many messages sent."""
 
@@ -239,6 +244,8 @@ class EventProducer:
         return sent - before
 
     def _send_when_room(self, key: bytes, value: bytes) -> bool:
+        began = time.monotonic()
+        note_at = began + _WAIT_NOTE_AFTER_S
         while not self._cancelled:
             if self.fatal_error is not None:
                 raise DeliveryError(self.fatal_error)
@@ -246,7 +253,19 @@ class EventProducer:
             try:
                 self._produce(self.topic, value, key)
             except BufferError:
+                now = time.monotonic()
+                if now >= note_at:
+                    note_at = now + _WAIT_NOTE_EVERY_S
+                    logger.warning(
+                        "the local queue is full (%d messages) and Kafka has acknowledged none "
+                        "of them for %.0f s (is the broker down, hung or unreachable?); waiting "
+                        "for room. Unacknowledged messages fail after the delivery timeout",
+                        len(self._producer),
+                        now - began,
+                    )
                 continue
+            if time.monotonic() - began >= _WAIT_NOTE_AFTER_S:
+                logger.info("Kafka acknowledges again after %.0f s", time.monotonic() - began)
             return True
         return False
 
@@ -270,11 +289,22 @@ class EventProducer:
         ``stats.delivered + stats.failed`` then equals the number of messages sent.
         Returns the number purged.
         """
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline, note_at = began + timeout, began + _WAIT_NOTE_AFTER_S
         # In short slices: a signal handler (a second Ctrl-C) only runs between two calls.
         remaining = self._producer.flush(_slice(deadline))
         while remaining and time.monotonic() < deadline:
             remaining = self._producer.flush(_slice(deadline))
+            now = time.monotonic()
+            if remaining and now >= note_at:
+                note_at = now + _WAIT_NOTE_EVERY_S
+                logger.warning(
+                    "still waiting for %d delivery report(s) from Kafka after %.0f s (is the "
+                    "broker down, hung or unreachable?); at most %.0f s more",
+                    remaining,
+                    now - began,
+                    max(deadline - now, 0.0),
+                )
         if remaining:
             logger.warning(
                 "%d message(s) to %s still undelivered after %.1f s: purging them",

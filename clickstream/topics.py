@@ -19,9 +19,22 @@ from typing import Any, Final
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from clickstream.cli import add_log_level, configure_logging, number, whole_number
+from clickstream.cli import (
+    INTERRUPTED,
+    Stopped,
+    add_log_level,
+    configure_logging,
+    number,
+    stop_on_signals,
+    whole_number,
+)
 from clickstream.errors import ClickstreamError, ConfigError, TerminalError, TransientError
-from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES, kafka_client_config, librdkafka_logger
+from clickstream.kafka import (
+    DLQ_MAX_MESSAGE_BYTES,
+    kafka_client_config,
+    librdkafka_logger,
+    list_topics,
+)
 from clickstream.settings import KAFKA_CONNECTION_FIELDS, load_settings
 
 __all__ = ["TopicOutcome", "TopicResult", "TopicSpec", "ensure_topics", "main"]
@@ -130,7 +143,7 @@ def ensure_topics(
 
 def _partition_counts(admin: AdminClient, timeout: float) -> dict[str, int]:
     try:
-        metadata = admin.list_topics(timeout=timeout)
+        metadata = list_topics(admin, timeout=timeout)
     except KafkaException as exc:
         msg = f"no Kafka broker answered within {timeout:g} s: {exc.args[0]}"
         raise TransientError(msg) from exc
@@ -157,7 +170,8 @@ def _parser() -> argparse.ArgumentParser:
             "CLICKSTREAM_STACK_OUTPUTS or CLICKSTREAM_PULUMI_STACK is set, then from the\n"
             "CLICKSTREAM_* environment variables; flags override them.\n"
             "Exit status: 0 done, 2 bad configuration,\n"
-            "3 Kafka unreachable or a topic could not be created."
+            "3 Kafka unreachable or a topic could not be created,\n"
+            "130 stopped by SIGINT/SIGTERM (run it again: it is idempotent)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -259,7 +273,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     ]
     try:
-        results = ensure_topics(admin_config=admin_config, specs=specs, timeout=args.timeout)
+        with stop_on_signals():
+            results = ensure_topics(admin_config=admin_config, specs=specs, timeout=args.timeout)
+    except Stopped as exc:
+        logger.error(
+            "%s while waiting for Kafka at %s: the topics may not all exist yet; run the "
+            "command again (it is idempotent)",
+            exc,
+            settings.kafka_bootstrap_servers,
+        )
+        return INTERRUPTED
     except ConfigError as exc:
         logger.error("%s", exc)
         return 2

@@ -17,6 +17,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
+from clickstream.cli import INTERRUPTED, Stopped, WaitWatch, stop_on_signals
 from clickstream.db import make_engine, normalize_url, refused_connection
 from clickstream.db.models import Base, UtcDateTime
 from clickstream.errors import ConfigError
@@ -26,9 +27,14 @@ config = context.config
 target_metadata = Base.metadata
 
 # The alembic command line has no logging configuration without an alembic.ini; library
-# callers (clickstream.db.migrate) set "configure_logging" to False and keep their own.
-if config.attributes.get("configure_logging", True):
+# callers (clickstream.db.migrate) set "configure_logging" to False and keep their own, and
+# their own signal handling: only the command line gets the stop handling and the wait
+# reports of run_migrations_online.
+_COMMAND_LINE = bool(config.attributes.get("configure_logging", True))
+if _COMMAND_LINE:
     logging.basicConfig(level=logging.INFO, format="%(levelname)-5.5s [%(name)s] %(message)s")
+
+_log = logging.getLogger("clickstream.migrations")
 
 
 def _database_url() -> str:
@@ -81,6 +87,37 @@ def _run(connection: Connection) -> None:
         context.run_migrations()
 
 
+def _run_from_command_line(connection: Connection) -> None:
+    """:func:`_run`, stopped cleanly by SIGINT/SIGTERM, and reported while the database waits.
+
+    A migration takes ACCESS EXCLUSIVE locks: behind a long transaction (a running consumer,
+    a report) it waited without a word, as it did on a hung server, and a stop printed a
+    traceback after psycopg's ten-second attempt to cancel on the server. PostgreSQL runs the
+    migrations in one transaction, so a stop (exit status 130) leaves the schema as it was.
+    """
+    watch = WaitWatch(_log)
+    try:
+        with (
+            stop_on_signals(),
+            watch.waiting(
+                "the database to run the migrations",
+                hint="Does another session (the consumer, a report) hold a lock on the table, "
+                "or is the server hung or cut off? Ctrl-C or SIGTERM stops: the migrations' "
+                "transaction is rolled back",
+            ),
+        ):
+            _run(connection)
+    except Stopped as exc:
+        _log.error(
+            "migrations %s: not committed (the server rolls the transaction back), the schema "
+            "is as it was; run the command again",
+            exc,
+        )
+        raise SystemExit(INTERRUPTED) from None
+    finally:
+        watch.close()
+
+
 def run_migrations_online() -> None:
     """Run the migrations against the database."""
     engine = make_engine(_database_url(), application_name="clickstream-migrations")
@@ -97,7 +134,7 @@ def run_migrations_online() -> None:
             )
             raise CommandError(msg) from exc
         with connection:
-            _run(connection)
+            (_run_from_command_line if _COMMAND_LINE else _run)(connection)
     finally:
         engine.dispose()
 

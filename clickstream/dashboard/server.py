@@ -31,12 +31,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from clickstream import analytics
 from clickstream.analytics import Bucket, TimeRange, parse_moment
 
 __all__ = [
     "DEFAULT_MINUTES",
+    "DEFAULT_QUERY_TIMEOUT_S",
     "MAX_MINUTES",
     "DashboardApp",
     "DashboardServer",
@@ -50,6 +52,8 @@ DEFAULT_MINUTES: Final = 60
 MAX_MINUTES: Final = 31 * 24 * 60
 """The longest range the API serves (31 days), to keep one request cheap."""
 _MAX_LIMIT: Final = 100
+DEFAULT_QUERY_TIMEOUT_S: Final = 15.0
+"""How long a request waits for PostgreSQL before it is answered 503."""
 _STATIC: Final = {
     "app.js": "text/javascript; charset=utf-8",
     "styles.css": "text/css; charset=utf-8",
@@ -160,6 +164,12 @@ class DashboardApp:
             are relative to it.
         refresh_seconds: how often the page reloads its figures.
         banner: an optional line the page shows above the figures (the demo says what it runs).
+        query_timeout: seconds a request waits for PostgreSQL before it is answered 503 "the
+            database did not answer" (and a warning logged). A hung server, or one cut off by
+            the network with the connection still open, never answers and no driver timeout
+            fires: without this bound such requests waited, silent, until the server came
+            back. The query left waiting holds its pooled connection until then. SQLite,
+            which waits at most its busy timeout, is not bounded.
     """
 
     def __init__(
@@ -169,10 +179,15 @@ class DashboardApp:
         clock: Callable[[], datetime] = _utc_now,
         refresh_seconds: float = 5.0,
         banner: str | None = None,
+        query_timeout: float = DEFAULT_QUERY_TIMEOUT_S,
     ) -> None:
         if not refresh_seconds > 0:
             msg = f"refresh_seconds must be positive, got {refresh_seconds}"
             raise ValueError(msg)
+        if not query_timeout > 0:
+            msg = f"query_timeout must be positive, got {query_timeout}"
+            raise ValueError(msg)
+        self.query_timeout = query_timeout
         self.engine = engine
         self.clock = clock
         self.refresh_seconds = refresh_seconds
@@ -231,21 +246,61 @@ class DashboardApp:
                 )
             return _error(HTTPStatus.NOT_FOUND, f"no asset {name!r}")
         if path == "/healthz":
-            return self._health()
+            return self._bounded(self._health, path)
         handler = self._routes.get(path)
         if handler is None:
             return _error(HTTPStatus.NOT_FOUND, f"no endpoint {path!r}")
         try:
             now = self.clock()
             query = self._query(parse_qs(parts.query, keep_blank_values=True), now)
-            with analytics.snapshot(self.engine) as conn:
-                result = handler(conn, query, now)
         except _BadRequest as exc:
             return _error(HTTPStatus.BAD_REQUEST, str(exc))
-        except DBAPIError as exc:
-            _log.warning("dashboard query failed: %s", exc.orig)
+
+        def answer() -> Response:
+            with analytics.snapshot(self.engine) as conn:
+                return _json(HTTPStatus.OK, handler(conn, query, now))
+
+        return self._bounded(answer, path)
+
+    def _bounded(self, work: Callable[[], Response], path: str) -> Response:
+        """``work()``, with database errors as 503; on PostgreSQL, 503 after the timeout too."""
+
+        def guarded() -> Response:
+            try:
+                return work()
+            except DBAPIError as exc:
+                _log.warning("dashboard query failed: %s", exc.orig)
+            except PoolTimeoutError as exc:  # every pooled connection waits on the server
+                _log.warning("dashboard query failed: %s", exc)
             return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the database is unavailable")
-        return _json(HTTPStatus.OK, result)
+
+        if self.engine.dialect.name == "sqlite":
+            return guarded()
+        answers: list[Response] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                answers.append(guarded())
+            finally:
+                done.set()
+
+        # A daemon thread: one left waiting on a hung server does not hold the process at exit.
+        threading.Thread(target=run, name="dashboard-query", daemon=True).start()
+        if done.wait(self.query_timeout):
+            if answers:
+                return answers[0]
+            return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "the request failed (see the log)")
+        _log.warning(
+            "the database did not answer %s within %g s (is PostgreSQL hung or cut off by the "
+            "network?): answered 503; the query keeps its connection until the server answers",
+            path,
+            self.query_timeout,
+        )
+        return _error(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            f"the database did not answer within {self.query_timeout:g} s",
+        )
 
     def _query(self, query: Mapping[str, list[str]], now: datetime) -> _Query:
         has_start, has_end = "start" in query, "end" in query

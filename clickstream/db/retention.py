@@ -34,6 +34,7 @@ import re
 import sqlite3
 import sys
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -41,7 +42,7 @@ from typing import Final
 from sqlalchemy import Column, Connection, Engine, delete, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from clickstream.cli import add_log_level
+from clickstream.cli import INTERRUPTED, Stopped, WaitWatch, add_log_level, stop_on_signals
 from clickstream.db import make_engine
 from clickstream.db.models import events_table, sessions_table, traffic_minute_table
 from clickstream.errors import ClickstreamError, TerminalError, TransientError
@@ -172,15 +173,30 @@ def _checked_cutoff(cutoff: datetime, batch_size: int) -> datetime:
     return floor_minute(cutoff)
 
 
+def _waiting(watch: WaitWatch | None, what: str) -> AbstractContextManager[None]:
+    if watch is None:
+        return nullcontext()
+    return watch.waiting(
+        f"the database to answer ({what})",
+        hint="Is another session holding a lock, or the server hung or cut off? Ctrl-C or "
+        "SIGTERM stops safely: deleted batches stay deleted, the one in progress is rolled back",
+    )
+
+
 def purge_before(
-    engine: Engine, *, cutoff: datetime, batch_size: int = DEFAULT_BATCH_SIZE
+    engine: Engine,
+    *,
+    cutoff: datetime,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    watch: WaitWatch | None = None,
 ) -> PurgeCounts:
     """Delete events, their traffic_minute rows and ended sessions older than ``cutoff``.
 
     ``cutoff`` (timezone-aware) is rounded down to a whole UTC minute; rows at or after it are
     kept. Each batch commits on its own (see the module documentation for the guarantees), so
     an interrupted purge leaves consistent data and can be re-run. Running it again with the
-    same cutoff deletes nothing more.
+    same cutoff deletes nothing more. With ``watch``, a batch the database takes long to
+    answer is reported while it waits.
 
     Raises:
         ValueError: ``cutoff`` is naive or ``batch_size`` is below 1.
@@ -192,20 +208,20 @@ def purge_before(
     events = minutes = sessions = 0
     try:
         while True:
-            with engine.begin() as conn:
+            with _waiting(watch, "a batch of events"), engine.begin() as conn:
                 batch = _purge_events_batch(conn, effective, batch_size)
             if batch is None:
                 break
             events += batch.events
             minutes += batch.traffic_minute
         while True:
-            with engine.begin() as conn:
+            with _waiting(watch, "a batch of traffic_minute rows"), engine.begin() as conn:
                 orphans = _purge_minutes_batch(conn, effective, batch_size)
             if orphans is None:
                 break
             minutes += orphans
         while True:
-            with engine.begin() as conn:
+            with _waiting(watch, "a batch of sessions"), engine.begin() as conn:
                 ended = _purge_sessions_batch(conn, effective, batch_size)
             if ended is None:
                 break
@@ -234,11 +250,16 @@ def purge_events_before(
     return purge_before(engine, cutoff=cutoff, batch_size=batch_size).events
 
 
-def count_before(engine: Engine, *, cutoff: datetime) -> PurgeCounts:
-    """Count what :func:`purge_before` would delete for ``cutoff``, deleting nothing."""
+def count_before(
+    engine: Engine, *, cutoff: datetime, watch: WaitWatch | None = None
+) -> PurgeCounts:
+    """Count what :func:`purge_before` would delete for ``cutoff``, deleting nothing.
+
+    With ``watch``, counts the database takes long to answer are reported while it waits.
+    """
     effective = _checked_cutoff(cutoff, 1)
     sessions = sessions_table.c
-    with engine.connect() as conn:
+    with _waiting(watch, "the counts of a dry run"), engine.connect() as conn:
         events = conn.execute(
             select(func.count()).where(events_table.c.occurred_at < effective)
         ).scalar_one()
@@ -315,7 +336,9 @@ def _parser() -> argparse.ArgumentParser:
             "    while its oldest events are deleted; a late event for it makes the consumer\n"
             "    rebuild it from the events that remain.\n\n"
             "Exit status: 0 done, 1 the purge failed (batches already deleted stay deleted: run\n"
-            "it again), 2 bad arguments."
+            "it again), 2 bad arguments, 130 stopped by SIGINT/SIGTERM (the same: run it again).\n"
+            "While the database does not answer a batch (a lock held elsewhere, a hung server),\n"
+            "a line says so every half minute."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -354,6 +377,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Progress is this command's output: plain lines on stdout (--log-level WARNING: quiet).
     logging.basicConfig(level=args.log_level, format="%(message)s", stream=sys.stdout)
     cutoff = datetime.now(UTC) - args.older_than
+    watch = WaitWatch(logger)
+    try:
+        with stop_on_signals():
+            return _main(args, cutoff=cutoff, watch=watch)
+    except Stopped as exc:
+        logger.error(
+            "retention %s: batches already deleted stay deleted, the one in progress is rolled "
+            "back; run it again to finish",
+            exc,
+        )
+        return INTERRUPTED
+    finally:
+        watch.close()
+
+
+def _main(args: argparse.Namespace, *, cutoff: datetime, watch: WaitWatch) -> int:
     try:
         settings = load_settings(
             role="admin",
@@ -364,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine = make_engine(settings.database_url.get_secret_value())
         try:
             if args.dry_run:
-                counts = count_before(engine, cutoff=cutoff)
+                counts = count_before(engine, cutoff=cutoff, watch=watch)
                 logger.info(
                     "dry run: would delete %d events, %d traffic_minute rows and %d sessions "
                     "older than %s",
@@ -374,7 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     floor_minute(cutoff).isoformat(),
                 )
             else:
-                counts = purge_before(engine, cutoff=cutoff, batch_size=args.batch_size)
+                counts = purge_before(
+                    engine, cutoff=cutoff, batch_size=args.batch_size, watch=watch
+                )
                 logger.info("total: %d rows deleted", counts.total)
         finally:
             engine.dispose()

@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from clickstream.cli import add_log_level, configure_logging, whole_number
+from clickstream.cli import (
+    INTERRUPTED,
+    Stopped,
+    add_log_level,
+    configure_logging,
+    stop_on_signals,
+    whole_number,
+)
 from clickstream.errors import ClickstreamError, ConfigError
 from clickstream.search.client import make_client, redact_url
 from clickstream.search.dashboards import import_dashboards
@@ -30,7 +37,9 @@ examples:
 
 Connection settings come from CLICKSTREAM_OPENSEARCH_URL, CLICKSTREAM_OPENSEARCH_INDEX_PREFIX and
 CLICKSTREAM_DASHBOARDS_URL (or the Pulumi stack outputs); flags override them.
-exit status: 0 done, 1 OpenSearch/Dashboards refused or is unavailable, 2 bad settings.
+exit status: 0 done, 1 OpenSearch/Dashboards refused or is unavailable, 2 bad settings,
+130 stopped by SIGINT/SIGTERM (every command is idempotent: run it again).
+A request OpenSearch does not answer fails after 30 s.
 """
 
 
@@ -158,11 +167,15 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit status (0 ok, 1 failed, 2 bad settings)."""
+    """Entry point; returns the exit status (0 ok, 1 failed, 2 bad settings, 130 stopped)."""
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
     try:
-        _run(args)
+        with stop_on_signals():
+            _run(args)
+    except Stopped as exc:
+        logger.error("%s %s: run it again to finish (it is idempotent)", args.command, exc)
+        return INTERRUPTED
     except ConfigError as exc:
         logger.error("%s", exc)
         return 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from clickstream import consume
-from clickstream.consume import _Committer, _Stall
+from clickstream.consume import _Committer
 
 
 @dataclass
@@ -128,35 +127,3 @@ def test_a_commit_from_a_rebalance_callback_runs_in_the_calling_thread() -> None
     committer.commit([Message(0, 1)], inline=True)
     assert client.threads == [threading.current_thread().name]
     assert client.commits == [[(0, 2)]]
-
-
-def _wait_for(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def test_a_step_that_waits_too_long_is_reported_and_a_finished_one_is_not(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    stall = _Stall(interval=0.2)
-    try:
-        with caplog.at_level(logging.WARNING, logger="clickstream.consume"):
-            stall.step("storing a batch in the database")
-            reported = lambda: [  # noqa: E731
-                r.getMessage() for r in caplog.records if "has taken" in r.getMessage()
-            ]
-            assert _wait_for(lambda: len(reported()) >= 2)  # once per interval while it lasts
-            assert reported()[0].startswith("storing a batch in the database has taken")
-            stall.step(None)
-            settled = len(reported())
-            stall.step("indexing the batch before it into OpenSearch")
-            stall.step(None)  # done at once: never reported
-            time.sleep(0.5)  # several of the reporter's rounds
-            assert len(reported()) <= settled + 1  # at most a report already under way
-            assert not any("indexing" in message for message in reported())
-    finally:
-        stall.close()
