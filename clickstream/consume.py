@@ -579,46 +579,37 @@ def _loop(
 ) -> None:
     if committer is None:
         committer = _Committer(consumer, stop, grace=options.stop_grace)
-    stall = WaitWatch(_log, after=_COMMIT_NOTE_INTERVAL, every=_COMMIT_NOTE_INTERVAL)
-    try:
-        if processor.search is None:
-            _consume(
-                consumer,
-                processor,
-                options,
-                progress,
-                stop,
-                sync=None,
-                topic=topic,
-                serve=serve,
-                committer=committer,
-                stall=stall,
-            )
-            return
+    sync: _SearchSync | None = None
+    if processor.search is None:
+        inflight = None  # each batch is committed before the next poll
+    else:
         if inflight is None:
             inflight = _Inflight(committer, processor, progress)
         sync = _SearchSync(processor, options.search_sync_interval)
         sync.start()
-        try:
-            _consume(
-                consumer,
-                processor,
-                options,
-                progress,
-                stop,
-                sync=sync,
-                topic=topic,
-                serve=serve,
-                inflight=inflight,
-                committer=committer,
-                stall=stall,
-            )
-        finally:
-            inflight.close()
-            sync.close()
-        sync.check()
+    stall = WaitWatch(_log, after=_COMMIT_NOTE_INTERVAL, every=_COMMIT_NOTE_INTERVAL)
+    try:
+        _consume(
+            consumer,
+            processor,
+            options,
+            progress,
+            stop,
+            sync=sync,
+            topic=topic,
+            serve=serve,
+            inflight=inflight,
+            committer=committer,
+            stall=stall,
+        )
     finally:
         stall.close()
+        if inflight is not None:
+            inflight.close()
+        if sync is not None:
+            sync.close()
+    if sync is not None:
+        sync.check()
 
 
 class _Inflight:
