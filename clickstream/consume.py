@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -41,6 +41,7 @@ from clickstream.pipeline import (
 )
 from clickstream.settings import Settings, load_settings
 from clickstream.store import SessionRules
+from clickstream.threads import in_daemon_thread
 
 __all__ = ["ConsumerOptions", "main", "run"]
 
@@ -859,15 +860,6 @@ def _is_error(message: Message) -> bool:
     return True
 
 
-def _call(call: Callable[[], object]) -> BaseException | bool:
-    """``call()`` here: True, or the :class:`KafkaException` it raised."""
-    try:
-        call()
-    except KafkaException as exc:
-        return exc
-    return True
-
-
 class _Committer:
     """Commits offsets, and closes the consumer, without letting a hung Kafka hold the process.
 
@@ -913,24 +905,23 @@ class _Committer:
         def commit() -> None:
             self._consumer.commit(offsets=offsets, asynchronous=False)
 
-        outcome = _call(commit) if inline else self._bounded(commit, "offset commit")
-        if outcome is None:
-            _log.warning(
-                "Kafka did not answer the offset commit within %.0fs of the stop: exiting "
-                "without it. The batch is stored; the group reads it again from its last "
-                "committed offset, and the sinks skip what they have",
-                self._grace,
-            )
-            return
-        if isinstance(outcome, KafkaException):
+        try:
+            if inline:
+                commit()
+            elif not self._bounded(commit, "offset commit"):
+                _log.warning(
+                    "Kafka did not answer the offset commit within %.0fs of the stop: exiting "
+                    "without it. The batch is stored; the group reads it again from its last "
+                    "committed offset, and the sinks skip what they have",
+                    self._grace,
+                )
+        except KafkaException as exc:
             # A rebalance meanwhile: partitions that moved to another consumer are re-read
             # there from the last committed offset. Partitions this consumer keeps (cooperative
             # rebalancing keeps most) are re-read here: without the rewind their offsets would
             # stay uncommitted until the next message arrived. The sinks ignore what is stored.
-            _log.warning("offset commit failed (%s); the batch will be redelivered", outcome)
+            _log.warning("offset commit failed (%s); the batch will be redelivered", exc)
             _rewind(self._consumer, batch)
-        elif isinstance(outcome, BaseException):
-            raise outcome
 
     def close(self) -> None:
         """Leave the group and close the consumer, waiting at most the grace once stopping.
@@ -940,45 +931,30 @@ class _Committer:
         spent: left to the garbage collector, the client would close itself in this thread
         and wait for Kafka there, unbounded; the close's thread keeps it alive instead.
         """
-        outcome = self._bounded(self._consumer.close, "close of the Kafka consumer")
-        if outcome is None:
+        if not self._bounded(self._consumer.close, "close of the Kafka consumer"):
             _log.warning(
                 "Kafka did not answer the consumer's leave of the group within %.0fs of the "
                 "stop: exiting without it. The group gives this consumer's partitions to the "
                 "others once its session times out (--session-timeout)",
                 self._grace,
             )
-        elif isinstance(outcome, BaseException):
-            raise outcome
 
-    def _bounded(self, call: Callable[[], object], what: str) -> BaseException | bool | None:
-        """Run ``call`` in a daemon thread; its exception, True, or None if left behind.
+    def _bounded(self, call: Callable[[], object], what: str) -> bool:
+        """Run ``call`` in a daemon thread and wait for it; False if left behind at a stop.
 
-        A daemon thread, so that one left waiting in C code does not keep the process from
-        exiting (and keeps the client it waits on alive until then).
+        Raises:
+            BaseException: what ``call`` raised.
         """
-        done = threading.Event()
-        outcome: list[BaseException | bool] = []
-
-        def run() -> None:
-            try:
-                call()
-                outcome.append(True)
-            except BaseException as exc:  # handed to the loop's thread
-                outcome.append(exc)
-            finally:
-                done.set()
-
-        threading.Thread(target=run, name="kafka-commit", daemon=True).start()
+        future = in_daemon_thread(call, name="kafka-commit")
         began = noted = time.monotonic()
-        while not done.wait(_COMMIT_SLICE):  # signal handlers run between the slices
+        while not wait([future], timeout=_COMMIT_SLICE).done:  # signals are heard between
             now = time.monotonic()
             if self._stop.is_set():
                 if self._deadline is None:
                     self._deadline = now + self._grace
                 if now >= self._deadline:
                     self.abandoned = True
-                    return None
+                    return False
             elif now - noted >= _COMMIT_NOTE_INTERVAL:
                 _log.warning(
                     "the %s has waited %.0fs for Kafka's answer (is the broker hung or cut "
@@ -988,7 +964,8 @@ class _Committer:
                     now - began,
                 )
                 noted = now
-        return outcome[0]
+        future.result()
+        return True
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -38,6 +38,7 @@ from clickstream.errors import ConfigError, DeliveryError, InvalidEvent, Transie
 from clickstream.events import Reason, decode_event
 from clickstream.kafka import (
     DLQ_MAX_MESSAGE_BYTES,
+    ask_in_slices,
     kafka_client_config,
     librdkafka_logger,
     list_topics,
@@ -485,23 +486,24 @@ def read_letters(
 
 def _watermarks(consumer: Consumer, partition: TopicPartition, timeout: float) -> tuple[int, int]:
     """The partition's low and high offsets, asked in short slices (signals are heard)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        began = time.monotonic()
-        wait = min(max(deadline - began, 0.001), _WAIT_SLICE_S)
-        try:
-            low, high = consumer.get_watermark_offsets(partition, timeout=wait)
-            return int(low), int(high)
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            timed_out = isinstance(error, KafkaError) and error.code() in (
-                KafkaError._TIMED_OUT,
-                KafkaError._TRANSPORT,
-            )
-            now = time.monotonic()
-            if not timed_out or now >= deadline:
-                raise _read_error(partition.topic, exc) from exc
-            time.sleep(max(min(began + wait, deadline) - now, 0.0))
+
+    def timed_out(exc: KafkaException) -> bool:
+        error = exc.args[0] if exc.args else None
+        return isinstance(error, KafkaError) and error.code() in (
+            KafkaError._TIMED_OUT,
+            KafkaError._TRANSPORT,
+        )
+
+    try:
+        low, high = ask_in_slices(
+            lambda wait: consumer.get_watermark_offsets(partition, timeout=wait),
+            timeout=timeout,
+            slice_s=_WAIT_SLICE_S,
+            retry=timed_out,
+        )
+    except KafkaException as exc:
+        raise _read_error(partition.topic, exc) from exc
+    return int(low), int(high)
 
 
 def _span(

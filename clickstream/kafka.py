@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -17,6 +18,7 @@ from clickstream.settings import Settings
 
 __all__ = [
     "DLQ_MAX_MESSAGE_BYTES",
+    "ask_in_slices",
     "kafka_client_config",
     "librdkafka_logger",
     "list_topics",
@@ -24,6 +26,8 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 _METADATA_SLICE_S: Final = 1.0
 """Longest single metadata request: a signal handler runs only between two of them."""
@@ -119,24 +123,51 @@ def list_topics(client: Any, topic: str | None = None, *, timeout: float) -> Any
     Raises:
         KafkaException: no broker answered within ``timeout`` (the last attempt's error).
     """
+
+    def note(waited: float) -> None:
+        _logger.warning(
+            "Kafka has not answered a metadata request for %.0f s (is the broker down, hung "
+            "or unreachable?); waiting up to %g s in all (Ctrl-C to stop)",
+            waited,
+            timeout,
+        )
+
+    return ask_in_slices(
+        lambda wait: client.list_topics(topic, timeout=wait), timeout=timeout, note=note
+    )
+
+
+def ask_in_slices(
+    ask: Callable[[float], _T],
+    *,
+    timeout: float,
+    slice_s: float = _METADATA_SLICE_S,
+    retry: Callable[[KafkaException], bool] = lambda _exc: True,
+    note: Callable[[float], None] | None = None,
+) -> _T:
+    """``ask(wait)`` again until it answers, each call waiting at most ``slice_s`` seconds.
+
+    librdkafka waits inside C code, where Python's signal handlers do not run: in slices, a
+    stop signal is acted on between two calls. ``note(seconds waited)`` is called once, when
+    the calls have failed for :data:`_METADATA_NOTE_S` seconds.
+
+    Raises:
+        KafkaException: the last call's, once ``timeout`` passed or ``retry`` refused it.
+    """
     deadline = time.monotonic() + timeout
     noted = False
     while True:
         began = time.monotonic()
-        wait = min(max(deadline - began, 0.001), _METADATA_SLICE_S)
+        wait = min(max(deadline - began, 0.001), slice_s)
         try:
-            return client.list_topics(topic, timeout=wait)
-        except KafkaException:
+            return ask(wait)
+        except KafkaException as exc:
             now = time.monotonic()
-            if now >= deadline:
+            if now >= deadline or not retry(exc):
                 raise
-            if not noted and now - (deadline - timeout) >= _METADATA_NOTE_S:
-                _logger.warning(
-                    "Kafka has not answered a metadata request for %.0f s (is the broker down, "
-                    "hung or unreachable?); waiting up to %g s in all (Ctrl-C to stop)",
-                    now - (deadline - timeout),
-                    timeout,
-                )
+            waited = now - (deadline - timeout)
+            if note is not None and not noted and waited >= _METADATA_NOTE_S:
+                note(waited)
                 noted = True
             # A refused connection fails at once: do not ask again faster than once a slice.
             time.sleep(max(min(began + wait, deadline) - now, 0.0))

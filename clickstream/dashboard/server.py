@@ -19,6 +19,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
+from concurrent.futures import wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -35,6 +36,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from clickstream import analytics
 from clickstream.analytics import Bucket, TimeRange, parse_moment
+from clickstream.threads import in_daemon_thread
 
 __all__ = [
     "DEFAULT_MINUTES",
@@ -276,20 +278,12 @@ class DashboardApp:
 
         if self.engine.dialect.name == "sqlite":
             return guarded()
-        answers: list[Response] = []
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                answers.append(guarded())
-            finally:
-                done.set()
-
-        # A daemon thread: one left waiting on a hung server does not hold the process at exit.
-        threading.Thread(target=run, name="dashboard-query", daemon=True).start()
-        if done.wait(self.query_timeout):
-            if answers:
-                return answers[0]
+        future = in_daemon_thread(guarded, name="dashboard-query")
+        if wait([future], timeout=self.query_timeout).done:
+            failure = future.exception()
+            if failure is None:
+                return future.result()
+            _log.error("dashboard request %s failed", path, exc_info=failure)
             return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "the request failed (see the log)")
         _log.warning(
             "the database did not answer %s within %g s (is PostgreSQL hung or cut off by the "
