@@ -272,7 +272,9 @@ def _lag(consumer: Consumer, *, cached: bool = False) -> int | None:
             _low, high = consumer.get_watermark_offsets(position, timeout=5, cached=cached)
             offset = position.offset
             if offset < 0:  # no position yet: fall back to the committed offset
-                committed = consumer.committed([position], timeout=5)[0].offset
+                # Briefly for a progress line: it must not hold a stop behind a hung broker.
+                wait = 1 if cached else 5
+                committed = consumer.committed([position], timeout=wait)[0].offset
                 offset = max(committed, 0)
             total += max(high - offset, 0)
     except KafkaException:

@@ -677,9 +677,10 @@ def test_a_stop_is_honoured_while_kafka_hangs_and_nothing_is_lost(
                 kill_hard(process)
             os.kill(broker.pid, signal.SIGCONT)
         first = log.read_text(errors="replace")
-        # The hang was met (a commit, or the group's leave, was left unanswered), so the test
-        # cannot pass on a broker that happened to answer.
-        assert "Kafka did not answer the" in first, first[-3000:]
+        # The hang was met, so the test cannot pass on a broker that happened to answer: a
+        # commit or the group's leave was left unanswered, or (when the shutdown's other
+        # steps waited on the broker first) the stop's overall deadline ended the process.
+        assert "Kafka did not answer the" in first or "still not stopped" in first, first[-3000:]
         assert count() < len(events), "the stop came before the end: there is more to read"
         run_consumer(env, *sink, log=tmp_path / "second.log")
     _assert_exact(migrated_database_url, events)
