@@ -77,6 +77,9 @@ _LIVE_RATE: Final = 50.0
 _MAX_DURATION_S: Final = 3650 * 86400.0
 """Longest backfill window: ten years back from now stays well after 1970, the earliest
 ``occurred_at`` the contract accepts."""
+_DEFAULT_STOP_GRACE_S: Final = 20.0
+"""After a stop signal, how long the producer waits for the last acknowledgements: below the
+30 s a supervisor such as Kubernetes gives before it kills, so that the summary is printed."""
 _MAX_DELIVERY_TIMEOUT_S: Final = 2_147_483.0
 """librdkafka's largest ``message.timeout.ms`` (0 would mean no timeout at all)."""
 _CHECK_EVERY: Final = 512
@@ -173,8 +176,11 @@ def _parser() -> argparse.ArgumentParser:
             "CLICKSTREAM_STACK_OUTPUTS or CLICKSTREAM_PULUMI_STACK is set, then from the\n"
             "CLICKSTREAM_* environment variables (TLS material only from these two\n"
             "sources); flags override them.\n"
-            "Exit status: 0 every event delivered, 1 a delivery failed, 2 bad configuration,\n"
-            "3 Kafka unreachable or the topic missing."
+            "A stop (Ctrl-C, SIGTERM) ends the events, waits up to --stop-grace seconds for\n"
+            "the last acknowledgements and prints a summary; a second Ctrl-C exits at once.\n"
+            "Exit status: 0 every event delivered, 1 a delivery failed (or was still\n"
+            "unacknowledged when the stop's grace ended), 2 bad configuration, 3 Kafka\n"
+            "unreachable or the topic missing, 130 interrupted twice."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -266,6 +272,16 @@ def _parser() -> argparse.ArgumentParser:
         default=defaults.delivery_timeout_s,
         help="seconds a message may wait for acknowledgement, retries included "
         "(default: %(default)s)",
+    )
+    tuning.add_argument(
+        "--stop-grace",
+        type=number(0.0, 3600.0),
+        default=_DEFAULT_STOP_GRACE_S,
+        metavar="SECONDS",
+        help="after SIGINT/SIGTERM, how long to wait for Kafka to acknowledge what was sent "
+        "(at most --delivery-timeout + 5); what is still unacknowledged then is purged and "
+        "counted as failed, and the exit status is 1 (default: %(default)s; keep it below "
+        "your supervisor's kill timeout)",
     )
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -454,9 +470,13 @@ class _Sink(Protocol):
 
 
 class _KafkaSink:
-    def __init__(self, producer: EventProducer, *, flush_timeout: float) -> None:
+    def __init__(
+        self, producer: EventProducer, *, flush_timeout: float, stop: _StopFlag, stop_grace: float
+    ) -> None:
         self._producer = producer
         self._flush_timeout = flush_timeout
+        self._stop = stop
+        self._stop_grace = stop_grace
         self.send = producer.send
         self.send_many = producer.send_many
 
@@ -478,12 +498,14 @@ class _KafkaSink:
     def finish(self) -> None:
         waiting = self._producer.in_flight
         if waiting:
+            stopped = self._stop.requested
             logger.info(
-                "waiting up to %.0f s for %d delivery report(s) (Ctrl-C twice: exit at once)",
-                self._flush_timeout,
+                "waiting up to %.0f s%s for %d delivery report(s) (Ctrl-C twice: exit at once)",
+                min(self._stop_grace, self._flush_timeout) if stopped else self._flush_timeout,
+                " (--stop-grace)" if stopped and self._stop_grace < self._flush_timeout else "",
                 waiting,
             )
-        self._producer.flush(timeout=self._flush_timeout)
+        self._producer.flush(timeout=self._flush_timeout, stop_grace=self._stop_grace)
 
 
 class _StdoutSink:
@@ -720,7 +742,9 @@ def _main(
         f"{args.rate:g} events/s" if args.rate > 0 else "as fast as possible",
         seed,
     )
-    sink = _KafkaSink(producer, flush_timeout=args.delivery_timeout + 5.0)
+    sink = _KafkaSink(
+        producer, flush_timeout=args.delivery_timeout + 5.0, stop=stop, stop_grace=args.stop_grace
+    )
     try:
         result = _run(
             messages,

@@ -137,6 +137,7 @@ class EventProducer:
         self._failed = 0
         self._errors: dict[str, int] = {}
         self._cancelled = False
+        self._cancelled_at = 0.0
         self._last_warning, self._last_warning_at = "", 0.0
         full = {
             **config,
@@ -274,7 +275,12 @@ class EventProducer:
         self._poll(timeout)
 
     def cancel(self) -> None:
-        """Make a :meth:`send` that waits for queue space give up (safe from a signal handler)."""
+        """Make a :meth:`send` that waits for queue space give up (safe from a signal handler).
+
+        Also starts the ``stop_grace`` of :meth:`flush`.
+        """
+        if not self._cancelled:
+            self._cancelled_at = time.monotonic()
         self._cancelled = True
 
     @property
@@ -282,19 +288,28 @@ class EventProducer:
         """Messages queued or sent but not yet acknowledged or failed."""
         return len(self._producer)
 
-    def flush(self, *, timeout: float) -> int:
+    def flush(self, *, timeout: float, stop_grace: float | None = None) -> int:
         """Wait up to ``timeout`` seconds for every message's delivery report.
 
+        With ``stop_grace``, the wait also ends that many seconds after :meth:`cancel` (if it
+        was or is called): a stop is not held for the whole ``timeout`` by a broker that hangs.
         Messages still undelivered after that are purged and counted as failed, so
-        ``stats.delivered + stats.failed`` then equals the number of messages sent.
-        Returns the number purged.
+        ``stats.delivered + stats.failed`` then equals the number of messages sent (a purged
+        message that was already sent may or may not have reached Kafka). Returns the number
+        purged.
         """
         began = time.monotonic()
         deadline, note_at = began + timeout, began + _WAIT_NOTE_AFTER_S
+
+        def end() -> float:
+            if stop_grace is not None and self._cancelled:
+                return min(deadline, self._cancelled_at + stop_grace)
+            return deadline
+
         # In short slices: a signal handler (a second Ctrl-C) only runs between two calls.
-        remaining = self._producer.flush(_slice(deadline))
-        while remaining and time.monotonic() < deadline:
-            remaining = self._producer.flush(_slice(deadline))
+        remaining = self._producer.flush(_slice(end()))
+        while remaining and time.monotonic() < end():
+            remaining = self._producer.flush(_slice(end()))
             now = time.monotonic()
             if remaining and now >= note_at:
                 note_at = now + _WAIT_NOTE_EVERY_S
@@ -303,15 +318,24 @@ class EventProducer:
                     "broker down, hung or unreachable?); at most %.0f s more",
                     remaining,
                     now - began,
-                    max(deadline - now, 0.0),
+                    max(end() - now, 0.0),
                 )
         if remaining:
-            logger.warning(
-                "%d message(s) to %s still undelivered after %.1f s: purging them",
-                remaining,
-                self.topic,
-                timeout,
-            )
+            if end() < deadline:
+                logger.warning(
+                    "%d message(s) to %s still unacknowledged %.1f s after the stop (the stop's "
+                    "grace): purging them; those already sent may or may not have reached Kafka",
+                    remaining,
+                    self.topic,
+                    time.monotonic() - self._cancelled_at,
+                )
+            else:
+                logger.warning(
+                    "%d message(s) to %s still undelivered after %.1f s: purging them",
+                    remaining,
+                    self.topic,
+                    timeout,
+                )
             self._producer.purge()
             self._producer.flush(5.0)
         return remaining

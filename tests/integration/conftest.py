@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -13,6 +17,9 @@ from sqlalchemy import Engine
 from clickstream.db import make_engine
 from clickstream.db.migrate import upgrade
 from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES
+
+if TYPE_CHECKING:
+    from devstack.kafka import RunningBroker
 
 
 @pytest.fixture
@@ -57,3 +64,26 @@ def topics(stack, kafka_topic_factory: Callable[..., str]) -> Iterator[Callable[
         for future in admin.delete_topics(created).values():
             with contextlib.suppress(Exception):  # best-effort cleanup
                 future.result(30)
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[RunningBroker]:
+    """A broker of this test's own, so that it can be hung (SIGSTOP) without disturbing others.
+
+    Resumed (SIGCONT) before it is stopped, whatever the test left it in.
+    """
+    from devstack.kafka import BrokerConfig, start_broker
+    from devstack.process import free_tcp_port
+
+    config = BrokerConfig(
+        data_dir=tmp_path / "broker",
+        port=free_tcp_port(),
+        controller_port=free_tcp_port(),
+        heap="384m",
+    )
+    with start_broker(config) as broker:
+        try:
+            yield broker
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(broker.pid, signal.SIGCONT)

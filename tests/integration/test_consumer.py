@@ -3,7 +3,6 @@ dead letters, crashes, outages and consumer groups. Tables must be exact afterwa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -13,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -614,29 +612,15 @@ def test_a_row_postgresql_refuses_is_dead_lettered_and_the_rest_stored(
     assert "dead-lettered 1" in output
 
 
-@contextlib.contextmanager
-def _own_broker(tmp_path: Path) -> Iterator[RunningBroker]:
-    """A broker of this test's own, so that it can be hung (SIGSTOP) without disturbing others."""
-    from devstack.kafka import BrokerConfig, start_broker
-    from devstack.process import free_tcp_port
-
-    config = BrokerConfig(
-        data_dir=tmp_path / "broker",
-        port=free_tcp_port(),
-        controller_port=free_tcp_port(),
-        heap="384m",
-    )
-    with start_broker(config) as broker:
-        try:
-            yield broker
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(broker.pid, signal.SIGCONT)
-
-
 @pytest.mark.parametrize("opensearch", [False, True], ids=["postgres", "postgres+opensearch"])
 def test_a_stop_is_honoured_while_kafka_hangs_and_nothing_is_lost(
-    stack, migrated_database_url, opensearch_index_prefix, tmp_path: Path, opensearch: bool
+    *,
+    stack,
+    migrated_database_url,
+    opensearch_index_prefix,
+    own_broker: RunningBroker,
+    tmp_path: Path,
+    opensearch: bool,
 ) -> None:
     """A hung broker (its connections open, nothing answered) does not hold a stop.
 
@@ -646,43 +630,43 @@ def test_a_stop_is_honoured_while_kafka_hangs_and_nothing_is_lost(
     the next run, and the tables (and indices) end exact.
     """
     events = random_events(53, users=400, per_user=25)
-    with _own_broker(tmp_path) as broker:
-        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-        topic = "hang.events"
-        for future in admin.create_topics(
-            [NewTopic(topic, 3, 1), NewTopic(topic + ".dlq", 1, 1)]
-        ).values():
-            future.result(30)
-        produce_events(broker.bootstrap, topic, events)
-        env = consumer_env(
-            bootstrap=broker.bootstrap,
-            topic=topic,
-            group="hang",
-            database_url=migrated_database_url,
-            opensearch_url=stack.opensearch_url if opensearch else "",
-            index_prefix=opensearch_index_prefix,
-        )
-        log = tmp_path / "consumer.log"
-        sink = () if opensearch else ("--no-opensearch",)
-        process = start_consumer(env, *sink, "--batch-size", "100", "--stop-grace", "2", log=log)
-        try:
-            count = lambda: scalar(migrated_database_url, "SELECT count(*) FROM events")  # noqa: E731
-            wait_until(lambda: count() >= len(events) // 4, timeout=120, what="first batches")
-            os.kill(broker.pid, signal.SIGSTOP)
-            process.send_signal(signal.SIGTERM)
-            # A liveness bound, not a measure: before the fix this waited for the broker.
-            assert process.wait(120) == 0, log.read_text()[-3000:]
-        finally:
-            if process.poll() is None:
-                kill_hard(process)
-            os.kill(broker.pid, signal.SIGCONT)
-        first = log.read_text(errors="replace")
-        # The hang was met, so the test cannot pass on a broker that happened to answer: a
-        # commit or the group's leave was left unanswered, or (when the shutdown's other
-        # steps waited on the broker first) the stop's overall deadline ended the process.
-        assert "Kafka did not answer the" in first or "still not stopped" in first, first[-3000:]
-        assert count() < len(events), "the stop came before the end: there is more to read"
-        run_consumer(env, *sink, log=tmp_path / "second.log")
+    broker = own_broker
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    topic = "hang.events"
+    for future in admin.create_topics(
+        [NewTopic(topic, 3, 1), NewTopic(topic + ".dlq", 1, 1)]
+    ).values():
+        future.result(30)
+    produce_events(broker.bootstrap, topic, events)
+    env = consumer_env(
+        bootstrap=broker.bootstrap,
+        topic=topic,
+        group="hang",
+        database_url=migrated_database_url,
+        opensearch_url=stack.opensearch_url if opensearch else "",
+        index_prefix=opensearch_index_prefix,
+    )
+    log = tmp_path / "consumer.log"
+    sink = () if opensearch else ("--no-opensearch",)
+    process = start_consumer(env, *sink, "--batch-size", "100", "--stop-grace", "2", log=log)
+    try:
+        count = lambda: scalar(migrated_database_url, "SELECT count(*) FROM events")  # noqa: E731
+        wait_until(lambda: count() >= len(events) // 4, timeout=120, what="first batches")
+        os.kill(broker.pid, signal.SIGSTOP)
+        process.send_signal(signal.SIGTERM)
+        # A liveness bound, not a measure: before the fix this waited for the broker.
+        assert process.wait(120) == 0, log.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            kill_hard(process)
+        os.kill(broker.pid, signal.SIGCONT)
+    first = log.read_text(errors="replace")
+    # The hang was met, so the test cannot pass on a broker that happened to answer: a
+    # commit or the group's leave was left unanswered, or (when the shutdown's other
+    # steps waited on the broker first) the stop's overall deadline ended the process.
+    assert "Kafka did not answer the" in first or "still not stopped" in first, first[-3000:]
+    assert count() < len(events), "the stop came before the end: there is more to read"
+    run_consumer(env, *sink, log=tmp_path / "second.log")
     _assert_exact(migrated_database_url, events)
     if opensearch:
         client = OpenSearch(stack.opensearch_url)

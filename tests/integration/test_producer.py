@@ -9,11 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
@@ -23,7 +26,10 @@ from clickstream.events import ClickEvent, decode_event
 from clickstream.producer import EventProducer, ProducerTuning, producer_config
 from clickstream.settings import load_settings
 from clickstream.simulator import SimulatorConfig, TrafficSimulator
-from tests.support import ROOT, read_all
+from tests.support import ROOT, kill_hard, read_all, wait_until
+
+if TYPE_CHECKING:
+    from devstack.kafka import RunningBroker
 
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
 
@@ -342,3 +348,83 @@ def test_sigterm_stops_flushes_and_reports(stack, kafka_topic_factory: Callable[
     received = read_all(stack.kafka_bootstrap, topic, expected=sent)
     assert len(received) == sent
     assert all(json.loads(m.value or b"")["user_id"].encode() == m.key for m in received)
+
+
+def _messages_in(bootstrap: str, topic: str, partitions: int) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4()}"})
+    try:
+        total = 0
+        for partition in range(partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def test_a_stop_is_honoured_while_kafka_hangs(own_broker: RunningBroker, tmp_path: Path) -> None:
+    """A hung broker (its connections open, nothing answered) holds a stop for --stop-grace only.
+
+    Before, the stop waited for the last acknowledgements up to --delivery-timeout + 5 s (125 s
+    by default). Now what is still unacknowledged when the grace ends is purged and counted as
+    failed (exit status 1), and the summary accounts for every event: what it calls delivered
+    is in the topic, and nothing beyond what was sent.
+    """
+    topic = "hang.events"
+    admin = AdminClient({"bootstrap.servers": own_broker.bootstrap})
+    admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
+    log = tmp_path / "producer.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "clickstream.produce",
+                "--bootstrap-servers",
+                own_broker.bootstrap,
+                "--topic",
+                topic,
+                "--count",
+                "-1",
+                "--rate",
+                "2000",
+                "--stop-grace",
+                "3",
+                "--progress",
+                "log",
+                "--log-interval",
+                "0.5",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        try:
+            wait_until(
+                lambda: re.search(r"delivered [1-9]", log.read_text(errors="replace")),
+                timeout=60,
+                what="acknowledged events",
+            )
+            os.kill(own_broker.pid, signal.SIGSTOP)
+            time.sleep(1.0)  # events go on being sent, and none is acknowledged
+            process.send_signal(signal.SIGTERM)
+            # A liveness bound, not a measure: before, this waited 125 s for the broker.
+            stdout, _ = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                kill_hard(process)
+            os.kill(own_broker.pid, signal.SIGCONT)
+    output = log.read_text(errors="replace")
+    assert process.returncode == 1, output[-3000:]
+    assert "still unacknowledged" in output and "after the stop" in output, output[-3000:]
+    summary = stdout.decode()
+    match = re.search(r"sent ([\d,]+) events .* delivered ([\d,]+), failed ([\d,]+)", summary)
+    assert match is not None, summary + output[-3000:]
+    sent, delivered, failed = (int(group.replace(",", "")) for group in match.groups())
+    assert failed > 0 and delivered > 0 and sent == delivered + failed, summary
+    assert "(stopped by SIGTERM)" in summary
+    # Purged events that were already sent may or may not have reached the broker.
+    assert delivered <= _messages_in(own_broker.bootstrap, topic, 3) <= sent

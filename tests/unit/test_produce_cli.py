@@ -139,6 +139,9 @@ def test_backfill_needs_a_positive_count(capsys: pytest.CaptureFixture[str]) -> 
         ["--delivery-timeout", "1e-6"],  # would become message.timeout.ms=0: no timeout at all
         ["--connect-timeout", "0"],
         ["--connect-timeout", "nan"],
+        ["--stop-grace", "-1"],
+        ["--stop-grace", "nan"],
+        ["--stop-grace", "3601"],
         ["--log-interval", "0"],
         ["--log-interval", "-5"],
         # A rate so high the simulated clock stopped (sessions made forever, memory to OOM),
