@@ -11,6 +11,7 @@ from typing import Any
 from clickstream.cli import (
     INTERRUPTED,
     Stopped,
+    WaitWatch,
     add_log_level,
     configure_logging,
     stop_on_signals,
@@ -39,8 +40,12 @@ Connection settings come from CLICKSTREAM_OPENSEARCH_URL, CLICKSTREAM_OPENSEARCH
 CLICKSTREAM_DASHBOARDS_URL (or the Pulumi stack outputs); flags override them.
 exit status: 0 done, 1 OpenSearch/Dashboards refused or is unavailable, 2 bad settings,
 130 stopped by SIGINT/SIGTERM (every command is idempotent: run it again).
-A request OpenSearch does not answer fails after 30 s.
+A request OpenSearch does not answer fails after 30 s; a wait of more than 10 s is reported.
 """
+_WAIT_HINT = (
+    "Is the node hung, overloaded or cut off? A request it does not answer fails after 30 s; "
+    "Ctrl-C or SIGTERM stops (run the command again: it is idempotent)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,30 +144,38 @@ def _opensearch_url(settings: Settings) -> str:
     return url
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace, watch: WaitWatch) -> None:
     settings = _settings(args)
     prefix = settings.opensearch_index_prefix
     if args.command == "setup":
         url = _opensearch_url(settings)
         logger.info("setting up %s with prefix %s", redact_url(url), prefix)
-        ensure_search_setup(
-            make_client(url),
-            prefix=prefix,
-            shards=settings.opensearch_shards,
-            replicas=settings.opensearch_replicas,
-            retention_days=settings.opensearch_retention_days,
-        )
+        with watch.waiting(f"OpenSearch ({redact_url(url)}) to finish the setup", hint=_WAIT_HINT):
+            ensure_search_setup(
+                make_client(url),
+                prefix=prefix,
+                shards=settings.opensearch_shards,
+                replicas=settings.opensearch_replicas,
+                retention_days=settings.opensearch_retention_days,
+            )
     elif args.command == "import-dashboards":
         url = settings.dashboards_url.get_secret_value()
         if not url:
             msg = "CLICKSTREAM_DASHBOARDS_URL is not set (or pass --dashboards-url)"
             raise ConfigError(msg)
-        result = import_dashboards(dashboards_url=url, prefix=prefix, tenant=args.tenant)
+        with watch.waiting(
+            f"OpenSearch Dashboards ({redact_url(url)}) to import the saved objects",
+            hint=_WAIT_HINT,
+        ):
+            result = import_dashboards(dashboards_url=url, prefix=prefix, tenant=args.tenant)
         logger.info("dashboards imported: %d saved objects", result.success_count)
     else:
         url = _opensearch_url(settings)
         cutoff = datetime.now(UTC) - timedelta(days=args.older_than_days)
-        deleted = prune_sessions(make_client(url), prefix=prefix, older_than=cutoff)
+        with watch.waiting(
+            f"OpenSearch ({redact_url(url)}) to delete the old sessions", hint=_WAIT_HINT
+        ):
+            deleted = prune_sessions(make_client(url), prefix=prefix, older_than=cutoff)
         logger.info("deleted %d sessions that ended before %s", deleted, cutoff.isoformat())
 
 
@@ -170,9 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 failed, 2 bad settings, 130 stopped)."""
     args = _parser().parse_args(argv)
     configure_logging(args.log_level)
+    watch = WaitWatch(logger)
     try:
         with stop_on_signals():
-            _run(args)
+            _run(args, watch)
     except Stopped as exc:
         logger.error("%s %s: run it again to finish (it is idempotent)", args.command, exc)
         return INTERRUPTED
@@ -182,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClickstreamError as exc:
         logger.error("%s", exc)
         return 1
+    finally:
+        watch.close()
     return 0
 
 

@@ -18,6 +18,7 @@ import threading
 import uuid
 from http import HTTPStatus
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -80,6 +81,34 @@ def test_a_kafka_command_reports_a_hung_broker_and_stops_on_a_signal(
                 kill_hard(process)
     assert code == 130, output[-3000:]
     assert f"stopped by {signal.Signals(signum).name}" in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+
+
+def test_search_setup_reports_a_hung_node_and_stops_on_a_signal(
+    stack, opensearch_index_prefix: str, tmp_path: Path
+) -> None:
+    url = urlsplit(stack.opensearch_url)
+    log = tmp_path / "search.log"
+    with blackout(url.hostname or "", url.port or 0) as proxy:
+        proxy.hang()
+        env = _env(
+            opensearch_url=f"http://127.0.0.1:{proxy.port}",
+            opensearch_index_prefix=opensearch_index_prefix,
+        )
+        process = _start("clickstream.search", "setup", env=env, log=log)
+        try:
+            # Reported after 10 s; the client's own timeout (30 s) has not yet failed it.
+            wait_until(
+                lambda: "to finish the setup; still waiting" in log.read_text(errors="replace"),
+                timeout=25,
+                what="the line saying that OpenSearch is awaited",
+            )
+            code, output = _stop(process, signal.SIGTERM, log)
+        finally:
+            if process.poll() is None:
+                kill_hard(process)
+    assert code == 130, output[-3000:]
+    assert "stopped by SIGTERM" in output, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
 
 
