@@ -32,6 +32,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -39,6 +40,7 @@ from clickstream.errors import ClickstreamError, InvalidEvent
 
 __all__ = [
     "EARLIEST_OCCURRED_AT",
+    "MAX_JSON_DEPTH",
     "MAX_MESSAGE_BYTES",
     "SCHEMA_PATH",
     "ClickEvent",
@@ -52,6 +54,10 @@ __all__ = [
 
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 """A message larger than this is invalid (``too_large``)."""
+
+MAX_JSON_DEPTH: Final = 200
+"""About how deep arrays and objects may nest (the message's own object included): the JSON
+parser's limit (pydantic-core's). A message nested deeper is ``not_json``, whatever the field."""
 
 SCHEMA_PATH: Final = Path(__file__).with_name("schemas") / "click_event.v1.json"
 
@@ -111,8 +117,10 @@ _UUID_RE: Final = re.compile(
 # RFC 3339 date-time: seconds are required, and so is the offset.
 # re.ASCII: "\d" is 0-9 only, as in the JSON Schema (ECMA-262), not any Unicode digit.
 _RFC3339_RE: Final = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)$",
+    re.ASCII,
 )
+_LEAP_SECOND: Final = timedelta(seconds=1)
 
 
 def _canonical_uuid(value: str) -> str:
@@ -134,15 +142,25 @@ def _rfc3339(value: Any) -> datetime:
     if match is None:
         msg = "must be an RFC 3339 date-time with an offset, e.g. 2024-05-01T12:00:00Z"
         raise ValueError(msg)
-    date, time, fraction, offset = match.groups()
+    date, hours_minutes, seconds, fraction, offset = match.groups()
     # Python keeps microseconds: finer fractions are truncated, never rounded up.
     micros = (fraction or ".0")[1:7].ljust(6, "0")
     offset = "+00:00" if offset in ("Z", "z") else offset
+    leap = seconds == "60"
     try:
-        parsed = datetime.fromisoformat(f"{date}T{time}.{micros}{offset}").astimezone(UTC)
+        parsed = datetime.fromisoformat(
+            f"{date}T{hours_minutes}:{'59' if leap else seconds}.{micros}{offset}"
+        ).astimezone(UTC)
     except (ValueError, OverflowError) as exc:
         msg = f"is not a valid date-time: {exc}"
         raise ValueError(msg) from None
+    if leap:
+        # RFC 3339 allows second 60 for a leap second, inserted only at the end of a UTC day:
+        # it is taken as the next day's first second, as PostgreSQL reads it.
+        if (parsed.hour, parsed.minute) != (23, 59):
+            msg = "has second 60, which only a leap second at 23:59:60 UTC may have"
+            raise ValueError(msg)
+        parsed += _LEAP_SECOND
     return _after_epoch(parsed)
 
 
@@ -222,6 +240,17 @@ Revenue = Annotated[
     BeforeValidator(_json_number),
     Field(ge=0, max_digits=12, decimal_places=2),
     PlainSerializer(float, return_type=float, when_used="json"),
+    # In standard keywords (pydantic's own, max_digits and the like, are not JSON Schema). Two
+    # decimals has no keyword that works on binary floats (multipleOf 0.01 fails 19.99).
+    WithJsonSchema(
+        {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 9999999999.99,
+            "description": "at most two decimal places, e.g. 19.99 (numeric(12,2))",
+        },
+        mode="validation",
+    ),
 ]
 
 _PURCHASE_RULE: Final[dict[str, Any]] = {
@@ -348,6 +377,8 @@ def decode_event(raw: bytes | None, *, now: datetime, future_tolerance: timedelt
         raise InvalidEvent(
             Reason.TOO_LARGE, f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}"
         )
+    if b"NaN" in raw or b"Infinity" in raw:  # rare: then ask a strict parser (no hot-path cost)
+        _reject_non_json_numbers(raw)
     try:
         event = ClickEvent.model_validate_json(raw)
     except (OverflowError, RecursionError) as exc:  # a value beyond what Python represents
@@ -362,6 +393,8 @@ def decode_event(raw: bytes | None, *, now: datetime, future_tolerance: timedelt
         raise InvalidEvent(Reason.SCHEMA, _field_detail(exc)) from None
     if b"\\u0000" in raw:
         _reject_nul(event)
+    if event.revenue is not None:
+        _check_exact_revenue(raw)
     if event.occurred_at > now + future_tolerance:
         raise InvalidEvent(
             Reason.FUTURE_TIMESTAMP,
@@ -369,6 +402,45 @@ def decode_event(raw: bytes | None, *, now: datetime, future_tolerance: timedelt
             f"{future_tolerance} ahead of the consumer clock ({now.isoformat()})",
         )
     return event
+
+
+class _NonJsonConstant(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonJsonConstant(name)
+
+
+def _reject_non_json_numbers(raw: bytes) -> None:
+    # Pydantic's parser, like Python's, reads NaN, Infinity and -Infinity, which JSON does not
+    # have (RFC 8259): such a message is not JSON. Inside a string they are just text.
+    try:
+        json.loads(raw, parse_constant=_refuse_constant)
+    except _NonJsonConstant as exc:
+        raise InvalidEvent(
+            Reason.NOT_JSON, f"the message is not JSON: {exc.args[0]} is not a JSON number"
+        ) from None
+    except (ValueError, RecursionError):
+        pass  # not JSON for another reason, which the validation below names
+
+
+_CENTS: Final = Decimal("0.01")
+
+
+def _check_exact_revenue(raw: bytes) -> None:
+    # The JSON parser reads a number as a binary float, so 19.999999999999999999 arrives as 20.0
+    # and would pass "two decimals". Read the number's own digits (purchases only) and check
+    # them: the rule is about the value sent, not its nearest float.
+    try:
+        value = json.loads(raw, parse_float=Decimal).get("revenue")
+    except (ValueError, RecursionError):
+        return  # cannot happen after the validation above; nothing more to check
+    if isinstance(value, Decimal) and value.is_finite() and value != value.quantize(_CENTS):
+        raise InvalidEvent(
+            Reason.SCHEMA,
+            f"field 'revenue': {value} has more than two decimal places",
+        )
 
 
 def _reject_nul(event: ClickEvent) -> None:
@@ -389,7 +461,28 @@ def _not_json_detail(raw: bytes, parser_message: str) -> str:
         # Limits of Python's parser too, which pydantic's parser also refused: nesting deeper
         # than the recursion limit, an integer of more than 4,300 digits. Its own words follow.
         pass
+    else:
+        # Python's parser is laxer than pydantic's in two ways; name them.
+        if "recursion limit" in parser_message:
+            return (
+                "the message nests arrays or objects more than about "
+                f"{MAX_JSON_DEPTH} levels deep, the parser's limit ({parser_message})"
+            )
+        if "surrogate" in parser_message or "hex escape" in parser_message:
+            return (
+                "the message has a \\u escape of a lone UTF-16 surrogate (\\ud800 to \\udfff "
+                f"without its pair), which is no Unicode character ({parser_message})"
+            )
     return f"the message is not valid JSON text: {parser_message}"
+
+
+def _tolerance(text: str) -> float:
+    # The bounds of CLICKSTREAM_FUTURE_TOLERANCE_SECONDS (finite, so never NaN).
+    value = float(text)
+    if not 0 <= value <= 86400:
+        msg = f"must be a number of seconds from 0 to 86400, got {text}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -398,7 +491,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         description="The click event contract (v1): print its JSON Schema or validate messages.",
         epilog="Examples:\n  python -m clickstream.events --schema\n"
         "  python -m clickstream.events --validate events.ndjson\n"
-        "  python -m clickstream.produce --stdout --count 1000 | "
+        "  python -m clickstream.produce --stdout --count 1000 --rate 0 | "
         "python -m clickstream.events --validate -\n\n"
         "--validate reads one event per line and skips blank lines. Exit status: 0 all valid, "
         "1 some invalid,\n2 the file cannot be read or a setting is wrong.",
@@ -413,9 +506,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--future-tolerance",
-        type=float,
+        type=_tolerance,
         metavar="SECONDS",
-        help="how far in the future occurred_at may lie, as the consumer allows "
+        help="how far in the future occurred_at may lie, 0 to 86400, as the consumer allows "
         "(default: $CLICKSTREAM_FUTURE_TOLERANCE_SECONDS or 300)",
     )
     args = parser.parse_args(argv)

@@ -237,6 +237,23 @@ BAD_INPUT: list[tuple[bytes | None, str, str]] = [
     (_bad(30, **(PURCHASE | {"currency": "eur"})), "schema", "currency"),
     (_bad(31, session_id=7), "schema", "session_id"),
     (_bad(32, user_id="nul\u0000byte"), "schema", "user_id"),
+    # JSON has no NaN; a number's decimals are those written, not its nearest float's (20.0);
+    # offset minutes stop at 59; second 60 only at 23:59:60 UTC; a lone surrogate escape.
+    (
+        _bad(33, latitude=0, longitude=0).replace(b'"latitude": 0', b'"latitude": NaN'),
+        "not_json",
+        "NaN",
+    ),
+    (
+        _bad(34, **(PURCHASE | {"revenue": 20})).replace(
+            b'"revenue": 20', b'"revenue": 19.999999999999999999'
+        ),
+        "schema",
+        "revenue",
+    ),
+    (_bad(35, occurred_at="2024-07-01T10:00:00+01:60"), "schema", "occurred_at"),
+    (_bad(36, occurred_at="2024-07-01T10:00:60Z"), "schema", "occurred_at"),
+    (_bad(37, city="HERE").replace(b"HERE", b"\\ud800"), "not_json", "surrogate"),
 ]
 
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from clickstream.errors import InvalidEvent
 from clickstream.events import (
+    MAX_JSON_DEPTH,
     MAX_MESSAGE_BYTES,
     SCHEMA_PATH,
     ClickEvent,
@@ -310,6 +311,13 @@ def test_unknown_device_type_is_rejected(device_type: str | None) -> None:
         ("2026-11-30T11:59:00.5Z", datetime(2026, 11, 30, 11, 59, 0, 500000, tzinfo=UTC)),
         # Finer than microseconds: truncated, never rounded up into the next microsecond.
         ("2026-11-30T11:59:00.123456789Z", datetime(2026, 11, 30, 11, 59, 0, 123456, tzinfo=UTC)),
+        # The widest offsets RFC 3339 writes.
+        ("2026-12-01T11:58:00+23:59", datetime(2026, 11, 30, 11, 59, tzinfo=UTC)),
+        ("2026-11-29T12:00:00-23:59", datetime(2026, 11, 30, 11, 59, tzinfo=UTC)),
+        # A leap second, at the end of a UTC day only: the next day's first second.
+        ("2016-12-31T23:59:60Z", datetime(2017, 1, 1, 0, 0, 0, tzinfo=UTC)),
+        ("2016-12-31T23:59:60.25Z", datetime(2017, 1, 1, 0, 0, 0, 250000, tzinfo=UTC)),
+        ("2017-01-01T00:59:60+01:00", datetime(2017, 1, 1, 0, 0, 0, tzinfo=UTC)),
     ],
 )
 def test_offsets_are_normalised_to_utc(text: str, expected: datetime) -> None:
@@ -331,6 +339,15 @@ def test_offsets_are_normalised_to_utc(text: str, expected: datetime) -> None:
         "2026-02-30T11:59:00Z",  # no such day
         "2026-11-30T24:00:00Z",
         "2026-11-30T11:59:00+25:00",
+        "2026-11-30T11:59:00+24:00",
+        # Offset minutes past 59 (Python's own parser reads +01:60 as +02:00).
+        "2026-11-30T11:59:00+01:60",
+        "2026-11-30T11:59:00+00:99",
+        "2026-11-30T11:59:00-05:75",
+        # Second 60 where no leap second can fall (only at 23:59:60 UTC), or second 61.
+        "2016-12-31T12:00:60Z",
+        "2016-12-31T23:59:60+01:00",
+        "2016-12-31T23:59:61Z",
         "30/11/2026 11:59:00Z",
         "٢٠٢٦-11-30T11:59:00Z",  # non-ASCII digits
         "2026-11-30T11:59:00Z\n",  # trailing newline
@@ -553,14 +570,47 @@ def test_revenue_with_at_most_two_decimals_is_valid(raw: str, expected: Decimal)
         "-5",
         '"19.99"',  # a string, not a number
         "99999999999.99",  # 13 digits: more than numeric(12,2) holds
-        "NaN",
-        "Infinity",
         "true",
+        # More decimals than a binary float keeps: the nearest floats are 20.0, 0.15, 5.0 and
+        # 0.0, which have two decimals at most; the numbers as written do not.
+        "19.999999999999999999",
+        "0.1499999999999999999",
+        "5.00000000000000000000000000001",
+        "1e-400",
+        "-1e-400",
     ],
 )
 def test_revenue_with_three_decimals_negative_or_not_a_number_is_rejected(raw: str) -> None:
     payload = encode(PURCHASE).replace(b'"revenue": 59.9', f'"revenue": {raw}'.encode())
     assert_schema_error(payload, "revenue")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("12.50", Decimal("12.5")), ("12.500000", Decimal("12.5")), ("-0.0", Decimal("0"))],
+)
+def test_revenue_written_with_trailing_zeros_has_the_value_it_writes(
+    raw: str, expected: Decimal
+) -> None:
+    payload = encode(PURCHASE).replace(b'"revenue": 59.9', f'"revenue": {raw}'.encode())
+    assert decode(payload).revenue == expected
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("field", ["revenue", "latitude", "unknown_extra"])
+def test_nan_and_infinity_are_not_json(token: str, field: str) -> None:
+    # Python's and pydantic's parsers read them; RFC 8259 has no such numbers.
+    payload = {**PURCHASE, "latitude": 1.0, "longitude": 2.0}
+    raw = encode(payload | {field: "HERE"}).replace(b'"HERE"', token.encode())
+    failure = rejection(raw)
+    assert failure.reason == "not_json"
+    assert f"{token.lstrip('-')} is not a JSON number" in failure.detail
+
+
+def test_nan_and_infinity_inside_strings_are_text() -> None:
+    assert decode(with_(search_query="NaN Infinity -Infinity")).search_query == (
+        "NaN Infinity -Infinity"
+    )
 
 
 @pytest.mark.parametrize("currency", ["eur", "Eur", "EURO", "EU", "€", "E1R"])
@@ -634,6 +684,30 @@ def test_integers_too_long_to_convert_are_not_json_and_not_a_crash(raw: bytes) -
     failure = rejection(raw)
     assert failure.reason == "not_json"
     assert "number" in failure.detail
+
+
+def test_an_unknown_field_nested_to_the_parsers_limit_is_ignored_and_past_it_is_not_json() -> None:
+    # Objects: the message's own object and 199 more are 200 levels, the parser's limit.
+    def nested(levels: int) -> bytes:
+        return encode(with_(context="HERE")).replace(
+            b'"HERE"', b'{"a": ' * levels + b"1" + b"}" * levels
+        )
+
+    assert decode(nested(MAX_JSON_DEPTH - 1)).event_id == EVENT_ID
+    failure = rejection(nested(MAX_JSON_DEPTH))
+    assert failure.reason == "not_json"
+    assert f"more than about {MAX_JSON_DEPTH} levels deep" in failure.detail
+
+
+def test_a_lone_surrogate_escape_is_not_json_and_says_so() -> None:
+    for escape in (b"\\ud800", b"\\udc00x"):
+        failure = rejection(encode(with_(city="HERE")).replace(b"HERE", escape))
+        assert failure.reason == "not_json"
+        assert "lone UTF-16 surrogate" in failure.detail
+    # A pair is one character (U+1F600), and valid.
+    assert (
+        decode(encode(with_(city="HERE")).replace(b"HERE", b"\\ud83d\\ude00")).city == "\U0001f600"
+    )
 
 
 @pytest.mark.parametrize("depth", [2000, 30000])

@@ -67,6 +67,17 @@ def test_the_future_tolerance_is_the_consumer_s_setting_or_the_flag(
     assert events_main(["--validate", path, "--future-tolerance", "60"]) == 1
 
 
+@pytest.mark.parametrize("value", ["-1", "86401", "1e9", "nan", "inf", "soon"])
+def test_a_future_tolerance_flag_outside_the_setting_s_bounds_is_exit_2(
+    tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write(tmp_path / "e.ndjson", [json.dumps(_event(1, ahead=timedelta(minutes=10)))])
+    with pytest.raises(SystemExit) as exit_info:
+        events_main(["--validate", path, "--future-tolerance", value])
+    assert exit_info.value.code == 2
+    assert "--future-tolerance" in capsys.readouterr().err
+
+
 def test_a_file_that_cannot_be_read_is_exit_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
