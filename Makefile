@@ -49,11 +49,13 @@ stack-up: install ## Start the local stack (Kafka, PostgreSQL, OpenSearch); idem
 stack-down: install ## Stop the local stack
 	$(PY) -m devstack down
 
-test: system-deps ## Start the local stack, run every test (unit, integration, browser, Pulumi mocks), stop the stack
+test: system-deps ## Start the local stack, run every test (unit, integration, browser, Pulumi mocks), stop the stack (unless it was already running)
 	@$(MAKE) --no-print-directory install
-	@$(PY) -m devstack up
-	@CLICKSTREAM_REQUIRE_SERVICES=1 CLICKSTREAM_REQUIRE_COMPILED=1 $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
-	  $(PY) -m devstack down; exit $$status
+	@if $(PY) -m devstack status >/dev/null 2>&1; then was_up=1; else was_up=0; fi; \
+	  $(PY) -m devstack up || exit $$?; \
+	  CLICKSTREAM_REQUIRE_SERVICES=1 CLICKSTREAM_REQUIRE_COMPILED=1 $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	  if [ $$was_up = 1 ]; then echo "the stack was running before the tests: left running (make stack-down stops it)"; \
+	  else $(PY) -m devstack down; fi; exit $$status
 
 test-unit: install ## Quick loop: only the tests that need no services
 	$(PY) -m pytest -m "not integration and not browser" $(PYTEST_ARGS)

@@ -1172,9 +1172,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for sig, handler in handlers.items():  # a caller's own handlers, back in place
             signal.signal(sig, handler)
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(total.reasons.items())) or "none"
+    refused = ""
+    if total.search_rejected:
+        refused = (
+            f"; OpenSearch refused {total.search_rejected} of the stored events (dead-lettered "
+            "as search_rejected: replay them once the cause is fixed)"
+        )
     sys.stdout.write(
         f"consumed {total.consumed}, stored {total.stored}, duplicates {total.duplicates}, "
-        f"dead-lettered {total.dead_lettered} (reasons: {reasons})\n"
+        f"dead-lettered {total.dead_lettered} (reasons: {reasons}){refused}\n"
     )
     return 0
 

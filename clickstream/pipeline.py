@@ -137,6 +137,9 @@ class BatchReport:
     stored: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    """Invalid or refused by PostgreSQL: not stored (consumed = stored + duplicates + this)."""
+    search_rejected: int = 0
+    """Stored, then refused by OpenSearch: dead-lettered too (``search_rejected``), to replay."""
     sessions_written: int = 0
     sessions_deleted: int = 0
     slow_path_users: int = 0
@@ -148,6 +151,7 @@ class BatchReport:
         self.stored += other.stored
         self.duplicates += other.duplicates
         self.dead_lettered += other.dead_lettered
+        self.search_rejected += other.search_rejected
         self.sessions_written += other.sessions_written
         self.sessions_deleted += other.sessions_deleted
         self.slow_path_users += other.slow_path_users
@@ -295,12 +299,13 @@ class BatchProcessor:
             consumed=stored.consumed,
             stored=new,
             duplicates=duplicates,
-            dead_lettered=len(stored.letters) + len(refused),
+            dead_lettered=len(stored.letters),
+            search_rejected=len(refused),
             sessions_written=len(outcome.sessions.upserted),
             sessions_deleted=len(outcome.sessions.deleted),
             slow_path_users=outcome.slow_path_users,
         )
-        for letter in (*stored.letters, *refused):
+        for letter in stored.letters:
             report.reasons[letter.reason] = report.reasons.get(letter.reason, 0) + 1
         return report
 

@@ -279,7 +279,9 @@ def test_a_document_the_search_sink_rejects_is_dead_lettered_but_stays_in_sql(en
     letters, index = Letters(), Index(reject={rejected_id})
     batch = [Message(event(1, 0), 1), Message(event(2, 1), 2, b"visitor")]
     report = processor(engine, letters, index).process(batch)
-    assert report.stored == 2
+    # Stored, so not counted as dead-lettered: consumed = stored + duplicates + dead-lettered.
+    assert (report.consumed, report.stored, report.duplicates, report.dead_lettered) == (2, 2, 0, 0)
+    assert (report.search_rejected, report.reasons) == (1, {})
     assert count(engine, "events") == 2
     (letter,) = letters.sent
     assert (letter.reason, letter.source_offset, letter.key) == ("search_rejected", 2, b"visitor")
