@@ -346,7 +346,17 @@ def json_schema() -> dict[str, Any]:
     for name, codes in (("country", _COUNTRIES), ("currency", _CURRENCIES)):
         string, _null = schema["properties"][name]["anyOf"]
         string["enum"] = sorted(codes)
+    # What the URL validators require, as far as a pattern says it: a scheme and a host.
+    schema["properties"]["page_url"]["pattern"] = _PAGE_URL_PATTERN
+    schema["properties"]["page_url"]["description"] = "an absolute http(s) URL with a host"
+    referrer, _null = schema["properties"]["referrer_url"]["anyOf"]
+    referrer["pattern"] = _ABSOLUTE_URL_PATTERN
+    referrer["description"] = "an absolute URL with a host"
     return schema
+
+
+_PAGE_URL_PATTERN: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+"
+_ABSOLUTE_URL_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#]+"
 
 
 def _field_detail(error: ValidationError) -> str:
