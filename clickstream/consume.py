@@ -999,9 +999,17 @@ def _parser() -> argparse.ArgumentParser:
         help="Kafka bootstrap servers, host:port,... (default: "
         "$CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:19092)",
     )
-    parser.add_argument("--topic", help="events topic (default clickstream.events)")
-    parser.add_argument("--dlq-topic", help="dead-letter topic (default clickstream.events.dlq)")
-    parser.add_argument("--group", help="consumer group id (default clickstream-consumer)")
+    parser.add_argument(
+        "--topic", help="events topic (default $CLICKSTREAM_TOPIC, else clickstream.events)"
+    )
+    parser.add_argument(
+        "--dlq-topic",
+        help="dead-letter topic (default $CLICKSTREAM_DLQ_TOPIC, else clickstream.events.dlq)",
+    )
+    parser.add_argument(
+        "--group",
+        help="consumer group id (default $CLICKSTREAM_CONSUMER_GROUP, else clickstream-consumer)",
+    )
     parser.add_argument(
         "--database-url",
         help="SQLAlchemy URL of the database (default: $CLICKSTREAM_DATABASE_URL or "
