@@ -970,7 +970,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             uses=frozenset({"database_url"}),
             command="clickstream.analytics",
         )
-        engine = make_engine(settings.database_url.get_secret_value(), application_name="report")
+        engine = make_engine(
+            settings.database_url.get_secret_value(), application_name="report", must_exist=True
+        )
     except ClickstreamError as exc:
         _log.error("%s", exc)
         return 2

@@ -325,6 +325,7 @@ def run(
         settings.database_url.get_secret_value(),
         application_name="clickstream-consume",
         statement_timeout_s=120,
+        must_exist=True,
     )
     consumer: Consumer | None = None
     dead_letters: KafkaDeadLetterSink | None = None

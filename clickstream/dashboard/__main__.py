@@ -108,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             uses=frozenset({"database_url"}),
             command="clickstream.dashboard",
         )
-        engine = make_engine(settings.database_url.get_secret_value(), application_name="dashboard")
+        engine = make_engine(
+            settings.database_url.get_secret_value(), application_name="dashboard", must_exist=True
+        )
         _check_schema(engine)
         server = DashboardServer(
             DashboardApp(engine, refresh_seconds=args.refresh), host=args.host, port=args.port

@@ -7,6 +7,7 @@ Retention: :mod:`clickstream.db.retention`.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import Engine, create_engine, event
@@ -80,7 +81,11 @@ def _postgres_utc(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(
-    url: str, *, application_name: str = "clickstream", statement_timeout_s: float | None = None
+    url: str,
+    *,
+    application_name: str = "clickstream",
+    statement_timeout_s: float | None = None,
+    must_exist: bool = False,
 ) -> Engine:
     """Create an engine for PostgreSQL (psycopg 3) or SQLite.
 
@@ -94,11 +99,23 @@ def make_engine(
     SQLite connections use WAL journaling, enforce foreign keys and wait up to
     :data:`SQLITE_BUSY_TIMEOUT_MS` for locks. Nothing connects until the engine is first used.
 
+    With ``must_exist``, an SQLite file that does not exist is an error, rather than a new
+    empty database (for commands that only read, or need the schema in place).
+
     Raises:
-        ConfigError: the URL is malformed or names an unsupported database.
+        ConfigError: the URL is malformed or names an unsupported database, or (``must_exist``)
+            an SQLite file that does not exist.
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
+        path = parsed.database or ""
+        in_memory = path in ("", ":memory:") or path.startswith("file:")  # or a URI: unchecked
+        if must_exist and not in_memory and not Path(path).exists():
+            msg = (
+                f"no SQLite database at {path}: check the path, or create it with "
+                "`alembic upgrade head` (CLICKSTREAM_DATABASE_URL set to this URL)"
+            )
+            raise ConfigError(msg)
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

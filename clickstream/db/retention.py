@@ -400,7 +400,7 @@ def _main(args: argparse.Namespace, *, cutoff: datetime, watch: WaitWatch) -> in
             uses=frozenset({"database_url"}),
             command="clickstream.db.retention",
         )
-        engine = make_engine(settings.database_url.get_secret_value())
+        engine = make_engine(settings.database_url.get_secret_value(), must_exist=True)
         try:
             if args.dry_run:
                 counts = count_before(engine, cutoff=cutoff, watch=watch)

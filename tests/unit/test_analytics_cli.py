@@ -71,5 +71,15 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
 def test_a_database_without_the_schema_exits_3_and_says_what_to_do(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    (tmp_path / "empty.db").touch()  # a database, without tables
     assert analytics_main(["--database-url", f"sqlite:///{tmp_path / 'empty.db'}"]) == 3
     assert "alembic upgrade head" in caplog.text
+
+
+def test_a_missing_sqlite_file_exits_2_and_is_not_created(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "typo.db"
+    assert analytics_main(["--database-url", f"sqlite:///{missing}"]) == 2
+    assert f"no SQLite database at {missing}" in caplog.text
+    assert not missing.exists()

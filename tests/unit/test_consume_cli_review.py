@@ -86,6 +86,7 @@ def test_the_batch_size_limits_themselves_are_taken(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, value: str
 ) -> None:
     # 10,000 passes the flag check and the run gets as far as the empty database.
+    (tmp_path / "empty.sqlite").touch()
     url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
     code = main(["--database-url", url, "--bootstrap-servers", NOWHERE, "--batch-size", value])
     assert code == 2

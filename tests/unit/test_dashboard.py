@@ -252,8 +252,13 @@ def test_the_command_refuses_an_unusable_database_url(caplog: pytest.LogCaptureF
 def test_the_command_refuses_a_database_without_the_schema(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    (tmp_path / "new.db").touch()  # a database, without tables
     assert dashboard_main(["--database-url", f"sqlite:///{tmp_path / 'new.db'}"]) == 2
     assert "has no table events, sessions, traffic_minute" in caplog.text
+    # A path that does not exist is named as such, and not created.
+    assert dashboard_main(["--database-url", f"sqlite:///{tmp_path / 'typo.db'}"]) == 2
+    assert "no SQLite database at" in caplog.text
+    assert not (tmp_path / "typo.db").exists()
 
 
 def test_the_command_serves_until_sigterm(engine: Engine) -> None:
