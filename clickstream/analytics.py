@@ -500,30 +500,56 @@ def _bucket_starts(time_range: TimeRange, bucket: Bucket) -> Iterator[datetime]:
 
 
 def traffic(conn: Connection, *, time_range: TimeRange, bucket: Bucket | None = None) -> Traffic:
-    """Per-bucket traffic: event measures from ``traffic_minute``, sessions started per bucket.
+    """Per-bucket traffic: event measures, and the sessions that started per bucket.
 
-    A bucket holds the minutes of ``traffic_minute`` that start inside the range and the
-    sessions that started inside it; every bucket from the one containing ``start`` to the one
-    before ``end`` is present, with zeros when empty. ``bucket`` defaults to
-    :func:`choose_bucket`.
+    The event measures come from ``traffic_minute`` for the whole minutes inside the range,
+    and from ``events`` for the parts of a minute at either end of a range that does not start
+    or end on a minute, so that the points always add up to the range's totals. A bucket holds
+    the sessions that started inside it and inside the range; every bucket from the one
+    containing ``start`` to the one containing the range's last instant is present, with zeros
+    when empty. ``bucket`` defaults to :func:`choose_bucket`.
     """
     bucket = bucket or choose_bucket(time_range)
+    measures: dict[datetime, tuple[int, int, int, int, Decimal]] = {}
+    whole_start = _ceil_minute(time_range.start)
+    whole_end = max(time_range.end.replace(second=0, microsecond=0), whole_start)
     t = traffic_minute_table.c
     t_start = _floor(conn, t.minute, bucket).label("bucket")
-    measures: dict[datetime, tuple[int, int, int, int, Decimal]] = {}
-    for row in conn.execute(
-        select(
-            t_start,
-            func.sum(t.events),
-            func.sum(t.page_views),
-            func.sum(t.add_to_carts),
-            func.sum(t.purchases),
-            func.sum(t.revenue),
-        )
-        .where(t.minute >= time_range.start, t.minute < time_range.end)
-        .group_by(t_start)
-    ):
-        measures[row[0]] = (int(row[1]), int(row[2]), int(row[3]), int(row[4]), _money(row[5]))
+    if whole_start < whole_end:
+        for row in conn.execute(
+            select(
+                t_start,
+                func.sum(t.events),
+                func.sum(t.page_views),
+                func.sum(t.add_to_carts),
+                func.sum(t.purchases),
+                func.sum(t.revenue),
+            )
+            .where(t.minute >= whole_start, t.minute < whole_end)
+            .group_by(t_start)
+        ):
+            _add_measures(measures, row)
+    # The parts of a minute at the ends (the whole range, if it holds no whole minute).
+    parts = [(time_range.start, min(whole_start, time_range.end)), (whole_end, time_range.end)]
+    e = events_table.c
+    e_start = _floor(conn, e.occurred_at, bucket).label("bucket")
+    purchase = e.event_type == "purchase"
+    for low, high in parts:
+        if low >= high:
+            continue
+        for row in conn.execute(
+            select(
+                e_start,
+                func.count(),
+                func.count(case((e.event_type == "page_view", 1))),
+                func.count(case((e.event_type == "add_to_cart", 1))),
+                func.count(case((purchase, 1))),
+                func.sum(case((purchase, e.revenue))),
+            )
+            .where(e.occurred_at >= low, e.occurred_at < high)
+            .group_by(e_start)
+        ):
+            _add_measures(measures, row)
     s = sessions_table.c
     s_start = _floor(conn, s.started_at, bucket).label("bucket")
     started: dict[datetime, int] = {
@@ -547,6 +573,22 @@ def traffic(conn: Connection, *, time_range: TimeRange, bucket: Bucket | None = 
             )
         )
     return Traffic(bucket=bucket, points=tuple(points))
+
+
+def _ceil_minute(moment: datetime) -> datetime:
+    floor = moment.replace(second=0, microsecond=0)
+    return floor if floor == moment else floor + timedelta(minutes=1)
+
+
+def _add_measures(measures: dict[datetime, tuple[int, int, int, int, Decimal]], row: Any) -> None:
+    old = measures.get(row[0], (0, 0, 0, 0, _ZERO))
+    measures[row[0]] = (
+        old[0] + int(row[1]),
+        old[1] + int(row[2]),
+        old[2] + int(row[3]),
+        old[3] + int(row[4]),
+        old[4] + _money(row[5]),
+    )
 
 
 def top_pages(conn: Connection, *, time_range: TimeRange, limit: int = 10) -> tuple[PageRow, ...]:

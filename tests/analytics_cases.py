@@ -338,6 +338,46 @@ class AnalyticsCases:
         assert sum(p.page_views for p in t.points) == 16
         assert sum(p.sessions for p in t.points) == 10
 
+    def test_traffic_of_a_range_not_on_minutes_adds_up_to_its_kpis(self, conn: Connection) -> None:
+        # 12:10:15 to 12:59:30: bob's 12:10:00 view and erin's 12:59:59 view fall outside, in
+        # minutes that the range cuts. Inside: alice 1, bob 2, carol 4, dave 4, frank 2,
+        # heidi 1, ivan 4, judy 1 = 19 events, 9 of them page views, 3 purchases.
+        cut = TimeRange(at(12, 10, 15), at(12, 59, 30))
+        t = analytics.traffic(conn, time_range=cut, bucket=Bucket.MINUTE)
+        assert [p.start for p in t.points] == [at(12, m) for m in range(10, 60)]
+        by_minute = {
+            p.start.minute: (p.events, p.page_views, p.add_to_carts, p.purchases, p.revenue,
+                             p.sessions)
+            for p in t.points
+        }  # fmt: skip
+        # bob's 12:10:30 cart event only; his session started at 12:10:00, before the range.
+        assert by_minute[10] == (1, 0, 1, 0, Decimal("0.00"), 0)
+        assert by_minute[59] == (0, 0, 0, 0, Decimal("0.00"), 0)
+        totals = (
+            sum(p.events for p in t.points),
+            sum(p.page_views for p in t.points),
+            sum(p.purchases for p in t.points),
+            sum((p.revenue for p in t.points), Decimal("0.00")),
+        )
+        assert totals == (19, 9, 3, Decimal("100.00"))  # 50.50 + 20.00 + 29.50
+        k = analytics.kpis(conn, time_range=cut)
+        assert (k.events, k.page_views, k.purchases, k.revenue) == totals
+
+    def test_traffic_of_a_range_inside_one_or_two_minutes(self, conn: Connection) -> None:
+        inside = analytics.traffic(
+            conn, time_range=TimeRange(at(12, 10, 15), at(12, 10, 45)), bucket=Bucket.MINUTE
+        )
+        assert [(p.start, p.events, p.add_to_carts) for p in inside.points] == [
+            (at(12, 10), 1, 1)  # bob's 12:10:30
+        ]
+        across = analytics.traffic(
+            conn, time_range=TimeRange(at(12, 9, 30), at(12, 10, 20)), bucket=Bucket.MINUTE
+        )
+        assert [(p.start, p.events, p.page_views) for p in across.points] == [
+            (at(12, 9), 0, 0),
+            (at(12, 10), 1, 1),  # bob's 12:10:00
+        ]
+
     def test_top_pages(self, conn: Connection) -> None:
         pages = analytics.top_pages(conn, time_range=RANGE)
         assert [(p.page_url.removeprefix(SITE), p.page_views, p.visitors) for p in pages] == [
