@@ -188,13 +188,26 @@ def _absolute_url(value: str, *, schemes: tuple[str, ...] | None) -> str:
     except ValueError:  # e.g. an unbalanced "[" in the host, port 99999
         host = None
         parts = None
-    if parts is None or not parts.scheme or not host or any(c.isspace() for c in host):
+    if parts is None:
+        msg = "must be an absolute URL with a valid host (and a port, if any, in 0..65535)"
+        raise ValueError(msg)
+    if not parts.scheme:
+        msg = "must be an absolute URL: a scheme, then ':' (e.g. https://example.com/)"
+        raise ValueError(msg)
+    scheme = parts.scheme.lower()
+    # A host is required where the scheme has one (http, https: RFC 9110) or the URL names an
+    # authority ("//..."); other absolute URLs (mailto:..., urn:...) have none.
+    needs_host = scheme in _HOST_SCHEMES or bool(parts.netloc)
+    if needs_host and (not host or any(c.isspace() for c in host)):
         msg = "must be an absolute URL with a host (and a port, if any, in 0..65535)"
         raise ValueError(msg)
-    if schemes is not None and parts.scheme.lower() not in schemes:
+    if schemes is not None and scheme not in schemes:
         msg = f"must be an absolute {' or '.join(schemes)} URL"
         raise ValueError(msg)
     return value
+
+
+_HOST_SCHEMES: Final = frozenset({"http", "https"})
 
 
 def _iso_country(value: str) -> str:
@@ -351,12 +364,12 @@ def json_schema() -> dict[str, Any]:
     schema["properties"]["page_url"]["description"] = "an absolute http(s) URL with a host"
     referrer, _null = schema["properties"]["referrer_url"]["anyOf"]
     referrer["pattern"] = _ABSOLUTE_URL_PATTERN
-    referrer["description"] = "an absolute URL with a host"
+    referrer["description"] = "an absolute URL (a scheme, then ':'); http(s) ones with a host"
     return schema
 
 
 _PAGE_URL_PATTERN: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+"
-_ABSOLUTE_URL_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9+.-]*://[^\s/?#]+"
+_ABSOLUTE_URL_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9+.-]*:"
 
 
 def _field_detail(error: ValidationError) -> str:

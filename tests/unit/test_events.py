@@ -460,13 +460,34 @@ def test_relative_or_non_http_page_urls_are_rejected(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["https://www.google.com/", "android-app://com.google.android.gm/", None]
+    "url",
+    [
+        "https://www.google.com/",
+        "android-app://com.google.android.gm/",
+        # Absolute URLs without a host (RFC 3986: a scheme, then ':'); their source is direct.
+        "mailto:someone@example.com",
+        "urn:isbn:0451450523",
+        None,
+    ],
 )
 def test_referrer_is_any_absolute_url_or_null(url: str | None) -> None:
     assert decode(with_(referrer_url=url)).referrer_url == url
 
 
-@pytest.mark.parametrize("url", ["/previous", "www.google.com", ""])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/previous",
+        "www.google.com",
+        "//cdn.example.com/x",  # relative to the scheme
+        "",
+        # http(s) without a host, or an authority without one
+        "https:foo",
+        "https://",
+        "https://user@:80/x",
+        "https://www.google.com:99999/",
+    ],
+)
 def test_relative_referrer_is_rejected(url: str) -> None:
     assert_schema_error(with_(referrer_url=url), "referrer_url")
 

@@ -88,6 +88,7 @@ CASES: list[tuple[str, bytes, bool]] = [
     ("user id of 128", _raw(user_id="u" * 128), True),
     ("page url of 2048", _raw(page_url="https://shop.example.com/" + "a" * 2023), True),
     ("referrer of any scheme", _raw(referrer_url="android-app://com.example.app"), True),
+    ("referrer without a host", _raw(referrer_url="mailto:someone@example.com"), True),
     ("missing event id", _raw(event_id=...), False),
     ("non-canonical event id", _raw(event_id="3f2b8c1e9d4a4c6b8e2f1a7d5c9b0e44"), False),
     ("unknown event type", _raw(event_type="hover"), False),
@@ -124,6 +125,7 @@ CASES: list[tuple[str, bytes, bool]] = [
     ("lone surrogate", _with_literal("city", b'"\\ud800"'), False),
     ("control character in a url", _raw(page_url="https://shop.example.com/a\tb"), False),
     ("port out of range", _raw(page_url="https://shop.example.com:99999/"), False),
+    ("https referrer without a host", _raw(referrer_url="https:foo"), False),
 ]
 
 DECODER_ONLY: dict[str, str] = {
@@ -136,6 +138,7 @@ DECODER_ONLY: dict[str, str] = {
     "lone surrogate": "not_json",
     "control character in a url": "schema",
     "port out of range": "schema",
+    "https referrer without a host": "schema",
 }
 
 

@@ -130,6 +130,7 @@ def test_session_id_is_the_uuid5_of_the_first_event_id() -> None:
         (None, "https://WWW.Example.ORG:8443/x", "example.org"),
         (None, "https://wwwx.example.org/", "wwwx.example.org"),
         (None, "android-app://com.google.android.gm/", "com.google.android.gm"),
+        (None, "mailto:someone@example.com", "direct"),  # an absolute URL without a host
         ("", "https://bing.com/", "bing.com"),
         (None, None, "direct"),
         ("", None, "direct"),
