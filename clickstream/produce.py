@@ -82,6 +82,9 @@ _DEFAULT_STOP_GRACE_S: Final = 20.0
 30 s a supervisor such as Kubernetes gives before it kills, so that the summary is printed."""
 _MAX_DELIVERY_TIMEOUT_S: Final = 2_147_483.0
 """librdkafka's largest ``message.timeout.ms`` (0 would mean no timeout at all)."""
+_BEHIND_NOTE_S: Final = 5.0
+"""A paced run this far behind its schedule says so (and again every _BEHIND_NOTE_EVERY_S)."""
+_BEHIND_NOTE_EVERY_S: Final = 30.0
 _CHECK_EVERY: Final = 512
 """Look at the clock (progress, log lines) once per this many events."""
 GC_THRESHOLDS: Final = (10_000, 20, 100)
@@ -250,13 +253,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     tuning.add_argument(
         "--linger-ms",
-        type=int,
+        type=whole_number(0, 900_000),
         default=defaults.linger_ms,
         help="how long a batch may wait to fill (default: %(default)s)",
     )
     tuning.add_argument(
         "--batch-bytes",
-        type=int,
+        type=whole_number(1, 2_147_483_647),
         default=defaults.batch_bytes,
         help="largest batch per partition in bytes (default: %(default)s)",
     )
@@ -550,6 +553,7 @@ def _run(
     started = time.monotonic()
     sent = 0
     send = sink.send
+    lag = _LagNote(started, live=pace_by_event_time)
 
     def report() -> None:
         reporter.update(sent=sent, delivered=sink.delivered, failed=sink.failed)
@@ -580,6 +584,10 @@ def _run(
             if sent % _CHECK_EVERY == 0:
                 report()
                 sink.check()
+                if pace_by_event_time:
+                    lag.note((_wall_ms() - occurred_ms) / 1000, sent=sent, rate=rate)
+                elif rate > 0:
+                    lag.note(time.monotonic() - started - sent / rate, sent=sent, rate=rate)
         report()
         sink.finish()
     finally:
@@ -593,6 +601,30 @@ def _run(
         interrupted=stop.requested,
         stopped_by=stop.signal_name,
     )
+
+
+class _LagNote:
+    """Says when a paced run falls behind its schedule: a --rate this process cannot make."""
+
+    def __init__(self, started: float, *, live: bool) -> None:
+        self._started = started
+        self._live = live
+        self._next = 0.0
+
+    def note(self, behind: float, *, sent: int, rate: float) -> None:
+        now = time.monotonic()
+        if behind < _BEHIND_NOTE_S or now < self._next:
+            return
+        self._next = now + _BEHIND_NOTE_EVERY_S
+        made = sent / max(now - self._started, 1e-9)
+        logger.warning(
+            "sending %.0f s behind schedule: --rate %g is more than this process makes "
+            "(%.0f events/s so far)%s",
+            behind,
+            rate,
+            made,
+            "; events keep their simulated times, so they arrive late" if self._live else "",
+        )
 
 
 def _wall_ms() -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -210,12 +210,16 @@ KAFKA_CONNECTION_FIELDS: Final = frozenset(
 connection. An entry point that makes a Kafka client names them in ``load_settings(uses=...)``."""
 
 
-def _describe(items: list[Any]) -> str:
+def _describe(items: list[Any], given: Collection[str] = ()) -> str:
+    """The errors, one line each, naming the variable (or the flag's value, for ``given``)."""
     lines = []
     for item in items:
         name = ".".join(str(part) for part in item["loc"])
-        # A rule across fields names its variables itself.
-        lines.append(f"{ENV_PREFIX}{name.upper()}: {_message(item)}" if name else _message(item))
+        if not name:  # a rule across fields names its variables itself
+            lines.append(_message(item))
+            continue
+        source = " (the value given on the command line)" if name in given else ""
+        lines.append(f"{ENV_PREFIX}{name.upper()}{source}: {_message(item)}")
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 
@@ -299,4 +303,4 @@ def load_settings(
                     _message(item),
                 )
         if errors or not dropped:
-            raise ConfigError(_describe(errors or items)) from failure
+            raise ConfigError(_describe(errors or items, explicit)) from failure

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 
@@ -139,6 +141,8 @@ def test_backfill_needs_a_positive_count(capsys: pytest.CaptureFixture[str]) -> 
         ["--delivery-timeout", "1e-6"],  # would become message.timeout.ms=0: no timeout at all
         ["--connect-timeout", "0"],
         ["--connect-timeout", "nan"],
+        ["--linger-ms", "-1"],
+        ["--batch-bytes", "0"],
         ["--stop-grace", "-1"],
         ["--stop-grace", "nan"],
         ["--stop-grace", "3601"],
@@ -297,3 +301,17 @@ def test_a_configuration_that_would_make_invalid_or_impossible_traffic_exits_2(
 ) -> None:
     assert produce.main(["--stdout", "--progress", "log", *argv]) == 2
     assert capsysbinary.readouterr().out == b""  # not one event
+
+
+def test_a_paced_run_that_falls_behind_says_so_at_most_every_30_s(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    note = produce._LagNote(time.monotonic() - 1000.0, live=True)
+    with caplog.at_level(logging.WARNING, logger="clickstream.produce"):
+        note.note(4.9, sent=100_000, rate=1e6)  # within 5 s: quiet
+        note.note(6.0, sent=500_000, rate=1e6)
+        note.note(9.0, sent=600_000, rate=1e6)  # said already, less than 30 s ago
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("sending 6 s behind schedule: --rate 1e+06 is more than this process")
+    assert "(500 events/s so far)" in line  # 500,000 in the 1,000 s since the start
+    assert "arrive late" in line
