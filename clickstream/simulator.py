@@ -83,6 +83,10 @@ MAX_EVENTS_PER_SECOND: Final = 1e7
 MAX_SITE_URL_LENGTH: Final = 1024
 """Leaves room for the longest path, query and campaign tags within a 2048-character URL."""
 
+BACKFILL_ALIGN_MAX: Final = 200_000
+"""Backfills of at most this many events end within a second of now (see ``backfill``): they
+are made twice, which costs about a second at this size; larger ones leave a few percent."""
+
 
 class Channel(StrEnum):
     """How a visitor found the shop (their acquisition channel)."""
@@ -1019,8 +1023,12 @@ class TrafficSimulator:
         """``count`` events spread over the ``window`` that ends at ``clock()``.
 
         Take the first ``count`` events: the density is set so that they fit the window with a
-        margin, so they end a little before ``clock()`` (a few percent of the window for large
-        counts). Sessions still running at the end are cut there: no event lies in the future.
+        margin. Up to :data:`BACKFILL_ALIGN_MAX` events, the simulation is then shifted later by
+        whole seconds (the events made once more to find how much), so that the last of them
+        falls within a second of ``clock()`` and the margin leaves the start of the window
+        empty instead of its end; beyond that the margin is a few percent of the window, left
+        at its end. Sessions still running at the end are cut there: no event lies in the
+        future.
         """
         if window <= timedelta(0) or count <= 0:
             msg = "backfill needs a positive window and a positive count"
@@ -1052,7 +1060,22 @@ class TrafficSimulator:
             )
             raise ConfigError(msg)
         dense = replace(config, events_per_second=per_second * margin)
-        return cls(dense, seed=seed, clock=lambda: end, start=end - window, end=end)
+        simulator = cls(dense, seed=seed, clock=lambda: end, start=end - window, end=end)
+        if count > BACKFILL_ALIGN_MAX:
+            return simulator
+        last_ms = -1
+        made = 0
+        for _key, _value, occurred_ms in simulator.messages():
+            last_ms = occurred_ms
+            made += 1
+            if made == count:
+                break
+        if made < count:  # the window holds fewer (the caller warns): keep it whole
+            return cls(dense, seed=seed, clock=lambda: end, start=end - window, end=end)
+        # Times count from the start's second, so a shift by whole seconds moves every event
+        # by exactly that much and changes nothing else (the same seed, the same events).
+        shift = timedelta(seconds=(_to_ms(end) - last_ms) // 1000)
+        return cls(dense, seed=seed, clock=lambda: end, start=end - window + shift, end=end)
 
     def __iter__(self) -> Iterator[SimulatedEvent]:
         return self.events()

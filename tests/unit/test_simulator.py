@@ -542,10 +542,43 @@ def test_backfill_spreads_the_events_over_the_past_window() -> None:
     events = list(islice(simulator, 20_000))
     assert len(events) == 20_000
     first, last = events[0].occurred_at, events[-1].occurred_at
-    assert first == end - timedelta(hours=2)
-    assert end - timedelta(minutes=20) < last <= end
+    # Shifted so that the last event falls within a second of the clock; the margin of a
+    # denser timeline leaves the start of the window empty instead: a few minutes of two hours.
+    assert end - timedelta(seconds=1) < last <= end
+    assert end - timedelta(hours=2) < first < end - timedelta(hours=2) + timedelta(minutes=20)
     in_first_hour = sum(1 for e in events if e.occurred_at < end - timedelta(hours=1))
     assert 0.3 < in_first_hour / len(events) < 0.6
+
+
+@pytest.mark.parametrize(("count", "window"), [(10, timedelta(hours=1)), (1000, timedelta(days=1))])
+def test_a_small_backfill_ends_at_the_clock_and_is_the_same_events_shifted(
+    count: int, window: timedelta
+) -> None:
+    # Up to BACKFILL_ALIGN_MAX events the simulation is shifted by whole seconds: the same
+    # events (ids, fields, gaps between them) as the unshifted timeline, moved later.
+    end = T0
+    shifted = list(
+        islice(
+            TrafficSimulator.backfill(seed=4, clock=lambda: end, window=window, count=count), count
+        )
+    )
+    assert end - timedelta(seconds=1) < shifted[-1].occurred_at <= end
+    assert shifted[0].occurred_at >= end - window
+    dense = TrafficSimulator.backfill(seed=4, clock=lambda: end, window=window, count=count)
+    unshifted = list(
+        islice(
+            TrafficSimulator(dense.config, seed=4, clock=lambda: end, start=end - window, end=end),
+            count,
+        )
+    )
+    offsets = {b.occurred_ms - a.occurred_ms for a, b in zip(unshifted, shifted, strict=True)}
+    (offset,) = offsets
+    assert offset > 0 and offset % 1000 == 0
+
+    def without_time(event: SimulatedEvent) -> dict[str, object]:
+        return {**json.loads(event.to_json()), "occurred_at": None}
+
+    assert [without_time(a) for a in unshifted] == [without_time(b) for b in shifted]
 
 
 @pytest.mark.parametrize(
