@@ -52,6 +52,7 @@ __all__ = [
     "FALLBACK_VALUE_BYTES",
     "MAX_KEY_BYTES",
     "NEVER_AGAIN_REASONS",
+    "READER_GROUP_PREFIX",
     "REPLAYABLE_REASONS",
     "REPLAYED_FROM_HEADER",
     "EventsReplayer",
@@ -67,6 +68,8 @@ __all__ = [
     "render_letter",
 ]
 
+READER_GROUP_PREFIX: Final = "clickstream-dead-letters-"
+"""The reader's consumer group id starts with this (a new id each run, never committed to)."""
 FALLBACK_VALUE_BYTES: Final = 900_000
 """Only when a dead-letter topic made elsewhere refuses a letter as too large: the value is
 cut to this many bytes (under Kafka's default limit), then halved while still refused, and
@@ -400,8 +403,10 @@ def read_letters(
     consumer = Consumer(
         {
             **kafka_client_config(settings),
-            # Never used for commits: the partitions are assigned, not subscribed.
-            "group.id": f"clickstream-dead-letters-{uuid.uuid4()}",
+            # Never used for commits: the partitions are assigned, not subscribed. librdkafka
+            # still asks for the group's coordinator, which needs Describe on the group: on
+            # Aiven, the stack grants it on this prefix (infrastructure/stack.py).
+            "group.id": f"{READER_GROUP_PREFIX}{uuid.uuid4()}",
             "enable.auto.commit": False,
             "client.id": "clickstream-dead-letters-reader",
             "logger": librdkafka_logger(),
@@ -416,7 +421,10 @@ def read_letters(
             metadata = list_topics(consumer, topic, timeout=timeout)
         except KafkaException as exc:
             raise _read_error(topic, exc) from exc
-        partitions = sorted(metadata.topics[topic].partitions)
+        described = metadata.topics[topic]
+        if described.error is not None:  # e.g. not authorized: the topic shows no partitions
+            raise _read_error(topic, KafkaException(described.error))
+        partitions = sorted(described.partitions)
         if partition is not None:
             if partition not in partitions:
                 msg = (
@@ -536,7 +544,8 @@ def _read_error(topic: str, exc: KafkaException) -> ConfigError | TransientError
         msg = (
             f"this client may not read the dead-letter topic {topic} ({error.str()}): use "
             "the consumer's credentials (CLICKSTREAM_KAFKA_SSL_*; the Pulumi stack grants "
-            "them Read on it), or a user granted Read on the topic"
+            f"them Read on it and Describe on the groups {READER_GROUP_PREFIX}*), or a user "
+            "granted as much"
         )
         return ConfigError(msg)
     return TransientError(f"cannot read the dead-letter topic {topic}: {exc}")

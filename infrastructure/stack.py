@@ -31,6 +31,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pulumi
 import pulumi_aiven as aiven
 
+from clickstream.dead_letters import READER_GROUP_PREFIX
 from clickstream.kafka import DLQ_MAX_MESSAGE_BYTES
 from clickstream.stack_outputs import OutputKey
 from infrastructure.config import InfraConfig
@@ -42,21 +43,24 @@ _COMPONENT_TYPE: Final = "clickstream:aiven:ClickstreamServices"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KafkaGrant:
-    """One Kafka-native ALLOW rule: ``principal`` may do ``operation`` on one literal resource.
+    """One Kafka-native ALLOW rule: ``principal`` may do ``operation`` on a resource.
 
-    ``principal`` is the Aiven service user name (the ACL's principal is ``User:<name>``).
+    ``principal`` is the Aiven service user name (the ACL's principal is ``User:<name>``). The
+    resource is the one named (``LITERAL``), or every one whose name starts so (``PREFIXED``).
     """
 
     principal: str
     resource_type: str
     resource_name: str
     operation: str
+    pattern_type: str = "LITERAL"
 
     @property
     def logical_name(self) -> str:
         """A stable Pulumi resource name for the rule."""
         parts = (self.principal, self.operation, self.resource_type, self.resource_name)
-        return "acl-" + "-".join(parts).lower()
+        suffix = "" if self.pattern_type == "LITERAL" else f"-{self.pattern_type}"
+        return ("acl-" + "-".join(parts) + suffix).lower()
 
 
 def kafka_grants(cfg: InfraConfig) -> list[KafkaGrant]:
@@ -87,12 +91,20 @@ def kafka_grants(cfg: InfraConfig) -> list[KafkaGrant]:
             operation="Write",
         ),
         # To read its dead letters back (python -m clickstream.dead_letters, by assignment:
-        # no group, nothing committed).
+        # nothing committed). The reader's group id is new each run; librdkafka still looks up
+        # its coordinator, which takes Describe on the group: on those ids only.
         KafkaGrant(
             principal=consumer,
             resource_type="Topic",
             resource_name=cfg.dlq_topic,
             operation="Read",
+        ),
+        KafkaGrant(
+            principal=consumer,
+            resource_type="Group",
+            resource_name=READER_GROUP_PREFIX,
+            operation="Describe",
+            pattern_type="PREFIXED",
         ),
     ]
 
@@ -215,7 +227,7 @@ class ClickstreamServices(pulumi.ComponentResource):
                 principal=users[grant.principal].username.apply(lambda name: f"User:{name}"),
                 resource_type=grant.resource_type,
                 resource_name_=grant.resource_name,
-                pattern_type="LITERAL",
+                pattern_type=grant.pattern_type,
                 operation=grant.operation,
                 permission_type="ALLOW",
                 host="*",

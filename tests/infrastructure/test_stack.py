@@ -115,13 +115,18 @@ def test_topics_have_the_configured_partitions_replication_and_retention(deploye
 
 
 def allowed(acls: list[dict[str, Any]], user: str, operation: str, kind: str, name: str) -> bool:
-    """Kafka's authorizer for ALLOW-only, LITERAL rules: Read/Write/... imply Describe."""
+    """Kafka's authorizer for ALLOW-only rules: Read/Write/... imply Describe; a PREFIXED rule
+    covers every name that starts with its own."""
     implied = {"Describe": {"Describe", "Read", "Write", "Delete", "Alter", "All"}}
     granting = implied.get(operation, {operation}) | {"All"}
     return any(
         acl["principal"] == f"User:{user}"
         and acl["resourceType"] == kind
-        and acl["resourceName"] == name
+        and (
+            acl["resourceName"] == name
+            if acl["patternType"] == "LITERAL"
+            else acl["patternType"] == "PREFIXED" and name.startswith(acl["resourceName"])
+        )
         and acl["operation"] in granting
         for acl in acls
     )
@@ -138,10 +143,13 @@ def test_kafka_acls_are_exactly_the_least_privileges(deployed):
         # To read its dead letters back (python -m clickstream.dead_letters).
         ("User:clickstream-consumer", "Topic", "clickstream.events.dlq", "Read"),
         ("User:clickstream-consumer", "Group", "clickstream-consumer", "Read"),
+        # The dead-letter reader's own group ids (new each run): only to find their coordinator.
+        ("User:clickstream-consumer", "Group", "clickstream-dead-letters-", "Describe"),
     }
-    assert len(acls) == 5
+    assert len(acls) == 6
     for acl in acls:
-        assert acl["patternType"] == "LITERAL"
+        prefixed = acl["resourceName"] == "clickstream-dead-letters-"
+        assert acl["patternType"] == ("PREFIXED" if prefixed else "LITERAL")
         assert acl["permissionType"] == "ALLOW"
         assert acl["host"] == "*"
         assert acl["serviceName"] == "clickstream-dev-kafka"
@@ -162,6 +170,11 @@ def test_kafka_acls_are_exactly_the_least_privileges(deployed):
     assert allowed(acls, consumer, "Read", "Topic", dead)
     assert not allowed(acls, producer, "Read", "Topic", dead)
     assert not allowed(acls, consumer, "Read", "Group", "some-other-group")
+    reader = "clickstream-dead-letters-0b6f3c2e-5d1a-4b7e-9c8f-2a4d6e8f0a1c"
+    assert allowed(acls, consumer, "Describe", "Group", reader)
+    assert not allowed(acls, consumer, "Read", "Group", reader)  # no joining, no commits
+    assert not allowed(acls, producer, "Describe", "Group", reader)
+    assert not allowed(acls, consumer, "Describe", "Group", "some-other-group")
     for user in (producer, consumer, "avnadmin"):
         for operation in ("Create", "Delete", "Alter", "AlterConfigs", "All", "ClusterAction"):
             for kind, name in (("Topic", events), ("Topic", dead), ("Cluster", "kafka-cluster")):
@@ -273,7 +286,7 @@ def test_opensearch_user_is_created_after_acls_are_enabled(deployed):
 def test_every_resource_belongs_to_the_component(deployed):
     component_urn = deployed.urn_of(COMPONENT, "clickstream")
     children = [r for r in deployed.registrations if r.typ != COMPONENT]
-    assert len(children) == 20  # kafka, 2 topics, 2 users, 5 acls, pg, db, 3 users, os, 4
+    assert len(children) == 21  # kafka, 2 topics, 2 users, 6 acls, pg, db, 3 users, os, 4
     for registration in children:
         assert registration.parent == component_urn, registration.name
 

@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from clickstream.dead_letters import read_letters
+from clickstream.errors import ConfigError
 from clickstream.kafka import kafka_client_config
 from clickstream.settings import Settings, load_settings
 from infrastructure.config import InfraConfig
@@ -183,7 +185,7 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
             AclBinding(
                 ResourceType[grant.resource_type.upper()],
                 grant.resource_name,
-                ResourcePatternType.LITERAL,
+                ResourcePatternType[grant.pattern_type],
                 f"User:{grant.principal}",
                 "*",
                 AclOperation[grant.operation.upper()],
@@ -277,6 +279,19 @@ def test_producer_and_consumer_work_over_mutual_tls_with_their_grants(tls_broker
     assert message.value() == payload
     # The consumer may write dead letters.
     assert produce(consumer, CFG.dlq_topic, payload) == [None]
+
+
+def test_the_consumer_reads_its_dead_letters_back_with_its_grants(tls_broker):
+    # The reader's fresh group id needs Describe to find its coordinator: without the stack's
+    # PREFIXED grant this failed with "Group authorization failed".
+    consumer = settings_for(tls_broker, "consumer")
+    payload = f'{{"not": "an event {uuid.uuid4()}"}}'.encode()
+    assert produce(kafka_client_config(consumer), CFG.dlq_topic, payload) == [None]
+    letters = list(read_letters(consumer, last=None, timeout=WAIT_S))
+    assert payload in [letter.value for letter in letters]
+    # The producer has no business there.
+    with pytest.raises(ConfigError):
+        list(read_letters(settings_for(tls_broker, "producer"), last=None, timeout=WAIT_S))
 
 
 def test_the_producer_cannot_read_the_events(tls_broker):
