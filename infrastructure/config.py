@@ -131,6 +131,13 @@ class InfraConfig:
                 key,
                 "a major or major.minor version like 4.1, 17 or 2.19",
             )
+        # Schema public belongs to the database's owner only from PostgreSQL 15: before, the
+        # grants of docs/deploy-aiven.md step 4a cannot keep other users from creating tables.
+        check(
+            not _VERSION.match(self.pg_version) or int(self.pg_version.split(".")[0]) >= 15,
+            "pgVersion",
+            "PostgreSQL 15 or later",
+        )
         for key in ("topic", "dlqTopic", "consumerGroup"):
             check(
                 is_kafka_name(getattr(self, _FIELD_OF_KEY[key])),

@@ -298,7 +298,12 @@ class ClickstreamServices(pulumi.ComponentResource):
                     project=cfg.aiven_project,
                     service_name=pg.service_name,
                     username=username,
-                    opts=child,
+                    # After the database, so that a destroy drops the database (and the
+                    # objects these roles own or were granted in it) before the roles:
+                    # PostgreSQL refuses DROP ROLE while objects depend on the role.
+                    opts=pulumi.ResourceOptions.merge(
+                        child, pulumi.ResourceOptions(depends_on=[database])
+                    ),
                 )
             )
             for key, (role, username) in users.items()

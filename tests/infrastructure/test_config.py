@@ -76,6 +76,7 @@ def test_every_problem_is_reported_at_once_with_the_key_to_fix():
         ({"pg_reader_user": "clickstream_owner"}, "pgReaderUser"),
         ({"pg_reader_user": "avnadmin"}, "pgReaderUser"),
         ({"kafka_version": "latest"}, "kafkaVersion"),
+        ({"pg_version": "14"}, "pgVersion"),  # step 4a's grants need 15 or later
         ({"kafka_plan": "Startup-2"}, "kafkaPlan"),
         ({"kafka_plan": "startup 2"}, "kafkaPlan"),
         ({"cloud": "europe"}, "cloud"),

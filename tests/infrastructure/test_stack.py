@@ -283,6 +283,16 @@ def test_opensearch_user_is_created_after_acls_are_enabled(deployed):
     assert acl_urn in user.dependencies
 
 
+def test_postgresql_users_depend_on_the_database_so_a_destroy_drops_it_first(deployed):
+    # Pulumi deletes in reverse dependency order; PostgreSQL refuses to drop a role that owns
+    # or was granted objects in a database that still exists.
+    database_urn = deployed.urn_of(PG_DATABASE, "pg-database")
+    users = [r for r in deployed.registrations if r.typ == PG_USER]
+    assert len(users) == 3
+    for user in users:
+        assert database_urn in user.dependencies, user.name
+
+
 def test_every_resource_belongs_to_the_component(deployed):
     component_urn = deployed.urn_of(COMPONENT, "clickstream")
     children = [r for r in deployed.registrations if r.typ != COMPONENT]
