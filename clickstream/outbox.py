@@ -11,7 +11,10 @@ state; a document of a transaction that rolled back can never linger.
 Draining is idempotent and safe with several consumers. Each queued row carries a ``version``
 that every re-enqueue increments, and a drain removes a row only at the version it read, so an
 id re-enqueued meanwhile stays queued and its newer state is synchronised by the next drain.
-Drainers exclude each other, so an older state can never overwrite a newer one in OpenSearch:
+Drainers exclude each other, and each drain writes with a version (microseconds of the
+database's clock when it began, after the previous drain ended) that OpenSearch compares with
+the one it holds, so an older state can never overwrite a newer one in OpenSearch, not even a
+write that lands late (a request the client gave up on and OpenSearch executed later):
 
 * on PostgreSQL, one drain transaction at a time holds a transaction-scoped advisory lock (the
   two-key space, apart from the store's per-visitor locks); a drain that does not get it returns
@@ -26,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from sqlalchemy import Connection, Engine, delete, select, text, tuple_
 from sqlalchemy.dialects import sqlite
@@ -37,6 +40,20 @@ from clickstream.search.documents import session_json_sql
 __all__ = ["Document", "drain", "enqueue", "pending"]
 
 _DRAIN_BATCH: Final = 2000
+
+
+class UpsertDocuments(Protocol):
+    """Writes session documents and deletes others, as of ``version`` (see :func:`drain`)."""
+
+    def __call__(
+        self, documents: Mapping[str, Document], deleted: Sequence[str], /, *, version: int
+    ) -> Sequence[Any]: ...
+
+
+def _clock_us() -> int:
+    # Other databases (SQLite, for tests): one drainer, this process's clock.
+    return time.time_ns() // 1000
+
 
 Document = str | dict[str, Any]
 """A session's document as the drain hands it over: JSON text (PostgreSQL renders it) or the
@@ -54,6 +71,10 @@ _PG_ENQUEUE: Final = text(
 _PG_DRAIN_LOCK: Final = text("SELECT pg_try_advisory_xact_lock(:space, :key)")
 _DRAIN_LOCK_KEYS: Final = {"space": 0x636C6B73, "key": 0x6F757462}  # "clks", "outb"
 _LOCK_POLL_S: Final = 0.1
+_PG_DRAIN_VERSION: Final = text(
+    "SELECT CAST(floor(extract(epoch FROM clock_timestamp()) * 1000000) AS bigint)"
+)
+"""The drain's version: after the lock, so later than every earlier drain's (one at a time)."""
 _PG_DOCUMENTS: Final = text(
     f"SELECT s.session_id, {session_json_sql([c.name for c in sessions_table.columns], alias='s')}"
     " FROM sessions s"
@@ -94,7 +115,7 @@ def pending(conn: Connection) -> int:
 
 def drain(
     engine: Engine,
-    upsert_documents: Callable[[Mapping[str, Document], Sequence[str]], Sequence[Any]],
+    upsert_documents: UpsertDocuments,
     *,
     on_rejected: Callable[[Sequence[Any], Mapping[str, Document]], None],
     batch_size: int = _DRAIN_BATCH,
@@ -106,8 +127,9 @@ def drain(
     what it left (ids queued after its last claim), so that everything committed before the
     call is synchronised on return.
 
-    ``upsert_documents(documents, deleted_ids)`` writes the documents (by ``session_id``) to
-    OpenSearch, deletes the others, and returns the rejections (objects with ``doc_id``,
+    ``upsert_documents(documents, deleted_ids, version=...)`` writes the documents (by
+    ``session_id``) to OpenSearch, deletes the others, with ``version`` as their external
+    version (higher for every drain), and returns the rejections (objects with ``doc_id``,
     ``reason``, ``detail``); ``on_rejected`` receives them with the documents before their ids
     leave the queue (to dead-letter them). A document is the committed row's JSON text on
     PostgreSQL and the row itself elsewhere (see :data:`Document`).
@@ -131,7 +153,7 @@ def drain(
 
 def _drain_batch(
     conn: Connection,
-    upsert_documents: Callable[[Mapping[str, Document], Sequence[str]], Sequence[Any]],
+    upsert_documents: UpsertDocuments,
     on_rejected: Callable[[Sequence[Any], Mapping[str, Document]], None],
     batch_size: int,
 ) -> int | None:
@@ -139,6 +161,7 @@ def _drain_batch(
     postgres = conn.dialect.name == "postgresql"
     if postgres and not conn.execute(_PG_DRAIN_LOCK, _DRAIN_LOCK_KEYS).scalar():
         return None
+    version = int(conn.execute(_PG_DRAIN_VERSION).scalar_one()) if postgres else _clock_us()
     queued = _claim(conn, batch_size, lock_rows=not postgres)
     if not queued:
         return 0
@@ -147,7 +170,7 @@ def _drain_batch(
     # row is at least as new as the version claimed for it.
     documents = _pg_documents(conn, ids) if postgres else _rows(conn, ids)
     gone = [sid for sid in ids if sid not in documents]
-    rejected = upsert_documents(documents, gone)
+    rejected = upsert_documents(documents, gone, version=version)
     if rejected:
         on_rejected(rejected, documents)
     _remove(conn, queued, postgres=postgres)

@@ -119,7 +119,11 @@ class SearchIndex(Protocol):
     def index_events(self, events: Sequence[Mapping[str, Any]]) -> Sequence[Rejection]: ...
 
     def upsert_session_documents(
-        self, documents: Mapping[str, outbox.Document], deleted_session_ids: Sequence[str]
+        self,
+        documents: Mapping[str, outbox.Document],
+        deleted_session_ids: Sequence[str],
+        *,
+        version: int,
     ) -> Sequence[Rejection]: ...
 
 

@@ -85,11 +85,19 @@ class _Action(NamedTuple):
 
 
 def _action(
-    op: Operation, index: str, doc_id: str, source: str | None, *, require_alias: bool = False
+    op: Operation,
+    index: str,
+    doc_id: str,
+    source: str | None,
+    *,
+    require_alias: bool = False,
+    version: int | None = None,
 ) -> _Action:
     # The same line as json.dumps({op: {"_index": ..., "_id": ..., ...}}), built directly:
     # this runs once per document.
     alias = ',"require_alias":true' if require_alias else ""
+    if version is not None:
+        alias += f',"version":{version},"version_type":"external_gte"'
     head = f'{{"{op}":{{"_index":{_quote(index)},"_id":{_quote(doc_id)}{alias}}}}}'
     text = f"{head}\n" if source is None else f"{head}\n{source}\n"
     return _Action(op, index, doc_id, text.encode())
@@ -124,7 +132,8 @@ def classify_item(op: Operation, status: int, error: Any = None) -> Outcome:
     """What a bulk item result means for an idempotent writer.
 
     * 2xx, ``create`` answered 409 (already indexed), ``delete`` of a missing document (404
-      without an error object): ``done``;
+      without an error object), a versioned write answered 409 ``version_conflict_engine_
+      exception`` (a newer version is there already): ``done``;
     * 429, 5xx and 403 ``cluster_block_exception`` (read-only index after a full disk): ``retry``;
     * other 400s (mapping or parse errors of this document): ``reject``;
     * everything else (401/403 security, 404 missing index or alias, ...): ``fatal``.
@@ -133,6 +142,8 @@ def classify_item(op: Operation, status: int, error: Any = None) -> Outcome:
         return "done"
     if op == "create" and status == 409:
         return "done"
+    if status == 409 and _error_type(error) == "version_conflict_engine_exception":
+        return "done"  # a versioned write older than what the index holds: superseded
     if op == "delete" and status == 404 and error is None:
         return "done"  # a missing document; a missing index or alias comes with an error
     if status == 429 or status >= 500:
@@ -245,12 +256,20 @@ class SearchSink:
         self,
         sessions: Sequence[Mapping[str, Any]],
         deleted_session_ids: Sequence[str],
+        *,
+        version: int | None = None,
     ) -> list[Rejected]:
         """Replace ``sessions`` by ``session_id`` and delete ``deleted_session_ids``.
 
         Each session document is replaced as a whole (rows are complete). An id that is both
         upserted and deleted is kept (upserted): the rows are the current state. Deleting an id
         that does not exist is fine. Idempotent under repetition.
+
+        With ``version``, every write and delete carries it as an external version
+        (``external_gte``): OpenSearch then ignores a write older than the one it holds, even
+        one that lands late (a request the client gave up on, executed after a newer one), and
+        a delete keeps its version for the index's ``gc_deletes`` time. Give each call a
+        version at least as high as every earlier call's.
 
         Returns:
             The session documents OpenSearch refused (400), as :class:`Rejected`.
@@ -267,12 +286,14 @@ class SearchSink:
                 documents[session_id] = dumps(document)
             except DocumentError as exc:
                 rejected.append(_rejected_row(row, "session_id", exc))
-        return self._upsert(documents, deleted_session_ids, rejected)
+        return self._upsert(documents, deleted_session_ids, rejected, version)
 
     def upsert_session_documents(
         self,
         documents: Mapping[str, str | Mapping[str, Any]],
         deleted_session_ids: Sequence[str],
+        *,
+        version: int | None = None,
     ) -> list[Rejected]:
         """:meth:`upsert_sessions` for documents by ``session_id`` that may be serialised already.
 
@@ -290,21 +311,22 @@ class SearchSink:
                 sources[session_id] = dumps(session_document(document)[1])
             except DocumentError as exc:
                 rejected.append(Rejected(session_id, REJECTED_REASON, str(exc)))
-        return self._upsert(sources, deleted_session_ids, rejected)
+        return self._upsert(sources, deleted_session_ids, rejected, version)
 
     def _upsert(
         self,
         sources: Mapping[str, str],
         deleted_session_ids: Sequence[str],
         rejected: list[Rejected],
+        version: int | None,
     ) -> list[Rejected]:
         alias = sessions_alias(self._prefix)
         upserts = [
-            _action("index", alias, session_id, source, require_alias=True)
+            _action("index", alias, session_id, source, require_alias=True, version=version)
             for session_id, source in sources.items()
         ]
         deletes = [
-            _action("delete", alias, session_id, None, require_alias=True)
+            _action("delete", alias, session_id, None, require_alias=True, version=version)
             for session_id in dict.fromkeys(deleted_session_ids)
             if session_id not in sources
         ]

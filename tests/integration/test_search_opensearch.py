@@ -225,6 +225,27 @@ def test_session_upsert_replace_and_delete(client: OpenSearch, prefix: str) -> N
     assert _counts(client, f"{prefix}-sessions-*") == {f"{prefix}-sessions-v1": 2}
 
 
+def test_a_late_session_write_never_overwrites_a_newer_one(client: OpenSearch, prefix: str) -> None:
+    # A bulk request the client gave up on can still be executed by OpenSearch later, after a
+    # newer drain's. Versioned writes (each drain's version is higher) make such a late, older
+    # write a no-op: it neither reverts a session nor brings back a deleted one.
+    sink = SearchSink(client, prefix)
+    alias = f"{prefix}-sessions"
+    newer = sample_session_row("s-1", event_count=3, bounced=False)
+    older = sample_session_row("s-1", event_count=2, bounced=False)
+    assert sink.upsert_sessions([newer], [], version=2_000) == []
+    assert sink.upsert_sessions([older], [], version=1_000) == []  # lands late: ignored
+    client.indices.refresh(index=alias)
+    assert client.get(index=alias, id="s-1")["_source"]["event_count"] == 3
+    assert sink.upsert_sessions([newer], [], version=2_000) == []  # a retry of the same drain
+
+    assert sink.upsert_sessions([sample_session_row("s-2")], [], version=2_000) == []
+    assert sink.upsert_sessions([], ["s-2"], version=3_000) == []  # superseded: deleted
+    assert sink.upsert_sessions([sample_session_row("s-2")], [], version=2_500) == []  # late
+    assert sink.upsert_sessions([], ["s-1"], version=500) == []  # a late, older delete
+    assert _ids(client, alias) == {"s-1"}
+
+
 def test_sessions_without_setup_fail_instead_of_creating_an_unmapped_index(
     client: OpenSearch, opensearch_index_prefix: str
 ) -> None:

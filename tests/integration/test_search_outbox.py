@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -83,11 +83,13 @@ class Recorder:
 
     calls: list[tuple[dict[str, outbox.Document], list[str]]]
     reject: frozenset[str] = frozenset()
+    versions: list[int] = field(default_factory=list)
 
     def __call__(
-        self, documents: Mapping[str, outbox.Document], deleted: Sequence[str]
+        self, documents: Mapping[str, outbox.Document], deleted: Sequence[str], *, version: int
     ) -> list[Any]:
         self.calls.append((dict(documents), list(deleted)))
+        self.versions.append(version)
         return [Rejection(sid) for sid in documents if sid in self.reject]
 
 
@@ -161,12 +163,27 @@ def json_count(document: outbox.Document) -> int:
     return int(parsed["event_count"])
 
 
+def test_each_drain_writes_with_a_higher_version_than_the_one_before(engine: Engine) -> None:
+    # The version orders the writes in OpenSearch: a later drain's must win over an earlier
+    # one's, whatever order their requests land in.
+    recorder = Recorder([])
+    _store(engine, [sample_session_row("s-1")])
+    assert outbox.drain(engine, recorder, on_rejected=_no_rejections) == 1
+    with engine.begin() as conn:
+        outbox.enqueue(conn, ["s-1"])  # the session changed again
+    assert outbox.drain(engine, recorder, on_rejected=_no_rejections) == 1
+    first, second = recorder.versions
+    assert 0 < first < second
+
+
 def test_one_drainer_at_a_time(engine: Engine) -> None:
     _store(engine, [sample_session_row("s-1")])
     nested: list[int] = []
     inner = Recorder([])
 
-    def upsert(documents: Mapping[str, outbox.Document], deleted: Sequence[str]) -> list[Any]:
+    def upsert(
+        documents: Mapping[str, outbox.Document], deleted: Sequence[str], *, version: int
+    ) -> list[Any]:
         # Another drainer starts while this one writes: it finds the drain taken and leaves.
         nested.append(outbox.drain(engine, inner, on_rejected=_no_rejections))
         return []
@@ -183,8 +200,10 @@ def test_a_waiting_drain_drains_what_a_busy_drainer_left(engine: Engine) -> None
     inner = Recorder([])
     nested: list[int] = []
 
-    def upsert(documents: Mapping[str, outbox.Document], deleted: Sequence[str]) -> list[Any]:
-        outer(documents, deleted)
+    def upsert(
+        documents: Mapping[str, outbox.Document], deleted: Sequence[str], *, version: int
+    ) -> list[Any]:
+        outer(documents, deleted, version=version)
         # While this drainer writes its (last) batch, another process commits a session ...
         _store(engine, [sample_session_row("s-2")])
         # ... and, about to exit, drains with wait: it must not give up on the busy lock.

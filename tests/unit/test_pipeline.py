@@ -101,7 +101,11 @@ class Index:
         return out
 
     def upsert_session_documents(
-        self, documents: Mapping[str, str | Mapping[str, Any]], deleted_session_ids: Sequence[str]
+        self,
+        documents: Mapping[str, str | Mapping[str, Any]],
+        deleted_session_ids: Sequence[str],
+        *,
+        version: int,
     ) -> list[Rejected]:
         if self.fail or self.fail_sessions:
             raise TransientError("search unavailable")

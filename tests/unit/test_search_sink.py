@@ -37,7 +37,10 @@ MAPPING_ERROR = {
         # ... but a missing index or alias is a setup problem, not a missing document.
         ("delete", 404, {"type": "index_not_found_exception"}, "fatal"),
         ("index", 404, {"type": "index_not_found_exception"}, "fatal"),
-        ("index", 409, {"type": "version_conflict_engine_exception"}, "fatal"),
+        # A versioned session write or delete older than the index's: superseded, done.
+        ("index", 409, {"type": "version_conflict_engine_exception"}, "done"),
+        ("delete", 409, {"type": "version_conflict_engine_exception"}, "done"),
+        ("index", 409, {"type": "some_other_conflict"}, "fatal"),
         ("create", 429, {"type": "es_rejected_execution_exception"}, "retry"),
         ("index", 500, {"type": "exception"}, "retry"),
         ("index", 503, {"type": "unavailable_shards_exception"}, "retry"),
