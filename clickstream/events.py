@@ -499,16 +499,9 @@ def _not_json_detail(raw: bytes, parser_message: str) -> str:
     return f"the message is not valid JSON text: {parser_message}"
 
 
-def _tolerance(text: str) -> float:
-    # The bounds of CLICKSTREAM_FUTURE_TOLERANCE_SECONDS (finite, so never NaN).
-    value = float(text)
-    if not 0 <= value <= 86400:
-        msg = f"must be a number of seconds from 0 to 86400, got {text}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
 def _main(argv: Sequence[str] | None = None) -> int:
+    from clickstream.cli import number  # noqa: PLC0415 - the command's, not the contract's
+
     parser = argparse.ArgumentParser(
         prog="python -m clickstream.events",
         description="The click event contract (v1): print its JSON Schema or validate messages.",
@@ -529,7 +522,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--future-tolerance",
-        type=_tolerance,
+        type=number(0.0, 86400.0),  # the bounds of CLICKSTREAM_FUTURE_TOLERANCE_SECONDS
         metavar="SECONDS",
         help="how far in the future occurred_at may lie, 0 to 86400, as the consumer allows "
         "(default: $CLICKSTREAM_FUTURE_TOLERANCE_SECONDS or 300)",
@@ -556,7 +549,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     invalid = 0
     try:
         with stream:
-            for number, line in enumerate(stream, start=1):
+            for line_number, line in enumerate(stream, start=1):
                 message = line.rstrip(b"\r\n")
                 if not message.strip():
                     continue
@@ -564,7 +557,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
                     decode_event(message, now=datetime.now(UTC), future_tolerance=tolerance)
                 except InvalidEvent as exc:
                     invalid += 1
-                    sys.stdout.write(f"line {number}: {exc.reason}: {exc.detail}\n")
+                    sys.stdout.write(f"line {line_number}: {exc.reason}: {exc.detail}\n")
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1 if invalid else 0

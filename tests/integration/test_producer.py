@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
@@ -301,31 +301,24 @@ def test_topics_command_gives_up_on_an_unreachable_broker() -> None:
     assert topics.main(["--bootstrap-servers", f"127.0.0.1:{port}", "--timeout", "2"]) == 3
 
 
-def test_sigterm_stops_flushes_and_reports(stack, kafka_topic_factory: Callable[..., str]) -> None:
-    topic = kafka_topic_factory(3)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "clickstream.produce",
-            "--bootstrap-servers",
-            stack.kafka_bootstrap,
-            "--topic",
-            topic,
-            "--count",
-            "-1",
-            "--rate",
-            "500",
-            "--progress",
-            "log",
-            "--log-interval",
-            "0.5",
-        ],
+def _start_unlimited(
+    bootstrap: str, topic: str, *args: str, stderr: Any = subprocess.PIPE
+) -> subprocess.Popen[bytes]:
+    """``clickstream.produce --count -1`` with a progress line every half second."""
+    command = [sys.executable, "-m", "clickstream.produce", "--bootstrap-servers", bootstrap]
+    command += ["--topic", topic, "--count", "-1", "--progress", "log", "--log-interval", "0.5"]
+    return subprocess.Popen(
+        [*command, *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
     )
+
+
+def test_sigterm_stops_flushes_and_reports(stack, kafka_topic_factory: Callable[..., str]) -> None:
+    topic = kafka_topic_factory(3)
+    process = _start_unlimited(stack.kafka_bootstrap, topic, "--rate", "500")
     try:
         assert process.stderr is not None
         # Wait until events are flowing (a progress line with a non-zero count).
@@ -377,30 +370,8 @@ def test_a_stop_is_honoured_while_kafka_hangs(own_broker: RunningBroker, tmp_pat
     admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(30)
     log = tmp_path / "producer.log"
     with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "clickstream.produce",
-                "--bootstrap-servers",
-                own_broker.bootstrap,
-                "--topic",
-                topic,
-                "--count",
-                "-1",
-                "--rate",
-                "2000",
-                "--stop-grace",
-                "3",
-                "--progress",
-                "log",
-                "--log-interval",
-                "0.5",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE,
-            stderr=stderr,
+        process = _start_unlimited(
+            own_broker.bootstrap, topic, "--rate", "2000", "--stop-grace", "3", stderr=stderr
         )
         try:
             wait_until(
