@@ -316,7 +316,12 @@ def _pipeline(
         msg = "the consumer never logged its assignment ('assigned ...')"
         raise RuntimeError(msg)
     report = outcome[0]
-    if (report.consumed, report.stored, report.dead_lettered) != (count, count, 0):
+    if (report.consumed, report.stored, report.dead_lettered, report.search_rejected) != (
+        count,
+        count,
+        0,
+        0,
+    ):
         msg = f"expected {count} consumed and stored, none dead-lettered; got {report}"
         raise RuntimeError(msg)
     return PipelineFigure(

@@ -246,11 +246,13 @@ class _Progress:
             return
         rate = (self.total.consumed - self._last_consumed) / max(now - self._last, 1e-9)
         _log.info(
-            "consumed=%d stored=%d duplicates=%d dead_lettered=%d rate=%.0f/s lag=%s",
+            "consumed=%d stored=%d duplicates=%d dead_lettered=%d search_rejected=%d rate=%.0f/s "
+            "lag=%s",
             self.total.consumed,
             self.total.stored,
             self.total.duplicates,
             self.total.dead_lettered,
+            self.total.search_rejected,
             rate,
             None if consumer is None else _lag(consumer, cached=True),
         )

@@ -368,7 +368,7 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-_PAGE_URL_PATTERN: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+"
+_PAGE_URL_PATTERN: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#:]"
 _ABSOLUTE_URL_PATTERN: Final = r"^[A-Za-z][A-Za-z0-9+.-]*:"
 
 

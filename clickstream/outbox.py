@@ -11,10 +11,11 @@ state; a document of a transaction that rolled back can never linger.
 Draining is idempotent and safe with several consumers. Each queued row carries a ``version``
 that every re-enqueue increments, and a drain removes a row only at the version it read, so an
 id re-enqueued meanwhile stays queued and its newer state is synchronised by the next drain.
-Drainers exclude each other, and each drain writes with a version (microseconds of the
-database's clock when it began, after the previous drain ended) that OpenSearch compares with
-the one it holds, so an older state can never overwrite a newer one in OpenSearch, not even a
-write that lands late (a request the client gave up on and OpenSearch executed later):
+Drainers exclude each other, and each drain writes with a version that OpenSearch compares
+with the one it holds (higher than every earlier drain's: the greater of the database clock's
+microseconds and the last version plus one, kept in ``search_sync_state``), so an older state
+can never overwrite a newer one in OpenSearch, not even a write that lands late (a request the
+client gave up on and OpenSearch executed later):
 
 * on PostgreSQL, one drain transaction at a time holds a transaction-scoped advisory lock (the
   two-key space, apart from the store's per-visitor locks); a drain that does not get it returns
@@ -72,9 +73,13 @@ _PG_DRAIN_LOCK: Final = text("SELECT pg_try_advisory_xact_lock(:space, :key)")
 _DRAIN_LOCK_KEYS: Final = {"space": 0x636C6B73, "key": 0x6F757462}  # "clks", "outb"
 _LOCK_POLL_S: Final = 0.1
 _PG_DRAIN_VERSION: Final = text(
-    "SELECT CAST(floor(extract(epoch FROM clock_timestamp()) * 1000000) AS bigint)"
+    "UPDATE search_sync_state SET version = GREATEST(version + 1,"
+    " CAST(floor(extract(epoch FROM clock_timestamp()) * 1000000) AS bigint))"
+    " WHERE id = 1 RETURNING version"
 )
-"""The drain's version: after the lock, so later than every earlier drain's (one at a time)."""
+"""The drain's version, taken under the drain lock: above every earlier drain's, and at least
+the database clock's microseconds (so it also stays above versions written before a restore
+from an older backup)."""
 _PG_DOCUMENTS: Final = text(
     f"SELECT s.session_id, {session_json_sql([c.name for c in sessions_table.columns], alias='s')}"
     " FROM sessions s"

@@ -774,6 +774,10 @@ def _main(
         f"{args.rate:g} events/s" if args.rate > 0 else "as fast as possible",
         seed,
     )
+    if by_event_time:
+        # Live times start now, not before the wait for the broker: made again (cheap, and it
+        # passed its checks above) so that the first events are not late by that wait.
+        messages = _messages(args, seed)
     sink = _KafkaSink(
         producer, flush_timeout=args.delivery_timeout + 5.0, stop=stop, stop_grace=args.stop_grace
     )

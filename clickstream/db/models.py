@@ -53,11 +53,13 @@ __all__ = [
     "Base",
     "EventRow",
     "SearchOutboxRow",
+    "SearchSyncStateRow",
     "SessionRow",
     "TrafficMinuteRow",
     "UtcDateTime",
     "events_table",
     "search_outbox_table",
+    "search_sync_state_table",
     "sessions_table",
     "traffic_minute_table",
 ]
@@ -272,6 +274,20 @@ class SearchOutboxRow(Base):
     enqueued_at: Mapped[datetime] = mapped_column(UtcDateTime(), server_default=func.now())
 
 
+class SearchSyncStateRow(Base):
+    """One row: the highest version any outbox drain has written to OpenSearch.
+
+    Each drain takes the next version from it, at least the database clock's microseconds, so
+    versions only grow, even if that clock steps back (see :mod:`clickstream.outbox`).
+    """
+
+    __tablename__ = "search_sync_state"
+    __table_args__ = (CheckConstraint("id = 1", name="one_row"),)
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
 def _table(model: type[Base]) -> Table:
     table = model.__table__
     if not isinstance(table, Table):  # pragma: no cover - declarative always builds a Table
@@ -287,4 +303,5 @@ sessions_table: Final = _table(SessionRow)
 traffic_minute_table: Final = _table(TrafficMinuteRow)
 """Core ``Table`` of ``traffic_minute``."""
 search_outbox_table: Final = _table(SearchOutboxRow)
+search_sync_state_table: Final = _table(SearchSyncStateRow)
 """Core ``Table`` of ``search_outbox``."""

@@ -35,6 +35,7 @@ __all__ = [
     "ism_policy_id",
     "mapping_properties",
     "sessions_alias",
+    "sessions_gc_deletes",
     "sessions_index",
     "template_name",
     "validate_prefix",
@@ -160,6 +161,14 @@ def index_template(
     settings["number_of_replicas"] = replicas
     body["_meta"]["fingerprint"] = fingerprint(body)
     return body
+
+
+def sessions_gc_deletes() -> str:
+    """How long the sessions index keeps a delete's version (its template's ``gc_deletes``)."""
+    value: str = _load(f"templates/{_TEMPLATE_FILES['sessions']}")["template"]["settings"]["index"][
+        "gc_deletes"
+    ]
+    return value
 
 
 def mapping_properties(kind: DocumentKind) -> dict[str, dict[str, Any]]:

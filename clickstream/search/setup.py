@@ -24,6 +24,7 @@ from clickstream.search.indices import (
     DocumentKind,
     index_template,
     sessions_alias,
+    sessions_gc_deletes,
     sessions_index,
     template_name,
     validate_prefix,
@@ -110,11 +111,26 @@ def _ensure_template(client: OpenSearch, name: str, body: dict[str, Any]) -> Non
     logger.info("put index template %s", name)
 
 
+def _ensure_gc_deletes(client: OpenSearch, alias: str) -> None:
+    """Give a sessions index made before the template set it the template's ``gc_deletes``.
+
+    Session deletes carry a version, which OpenSearch keeps that long to refuse an older,
+    late write (see :mod:`clickstream.outbox`). Read first: an index that has it is left alone.
+    """
+    wanted = sessions_gc_deletes()
+    found = client.indices.get_settings(index=alias, name="index.gc_deletes")
+    for index, body in found.items():
+        if body.get("settings", {}).get("index", {}).get("gc_deletes") != wanted:
+            client.indices.put_settings(index=index, body={"index": {"gc_deletes": wanted}})
+            logger.info("set gc_deletes of %s to %s", index, wanted)
+
+
 def _ensure_sessions_index(client: OpenSearch, *, prefix: str) -> None:
     alias = sessions_alias(prefix)
     # Scoped to the prefix's indices (/<prefix>*/_alias/<alias>): an index-level request,
     # which an index ACL grants; the bare /_alias/<alias> is a top-level API on Aiven.
     if client.indices.exists_alias(index=f"{prefix}*", name=alias):
+        _ensure_gc_deletes(client, alias)
         return
     if client.indices.exists(index=alias):
         msg = (

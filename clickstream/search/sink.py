@@ -400,6 +400,15 @@ class SearchSink:
                     status = int(item.get("status", 500))
                     error = item.get("error")
                     outcome = classify_item(action.op, status, error)
+                    if status == 409 and action.op != "create":
+                        # Versions only grow, and a late request's answer is never read: a
+                        # conflict here means someone else wrote this id with a higher one.
+                        logger.warning(
+                            "OpenSearch holds a newer version of %s than this write's; left "
+                            "as it is (%s)",
+                            action.doc_id,
+                            describe_error(error),
+                        )
                     if outcome == "retry":
                         retry.append(action)
                         last_problem = f"{status} {describe_error(error)}"

@@ -21,20 +21,22 @@ from clickstream.db.migrate import SchemaDriftError, check, downgrade, upgrade
 from clickstream.db.models import events_table
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HEAD = "c5e8a1f40b27"
+HEAD = "e3f1a9c7b5d2"
 
-TABLES = {"events", "sessions", "traffic_minute", "search_outbox"}
+TABLES = {"events", "sessions", "traffic_minute", "search_outbox", "search_sync_state"}
 INDEXES = {
     "events": {"ix_events_occurred_at", "ix_events_user_id_occurred_at"},
     "sessions": {"ix_sessions_started_at", "ix_sessions_user_id_started_at"},
     "traffic_minute": set(),
     "search_outbox": set(),
+    "search_sync_state": set(),
 }
 PRIMARY_KEYS = {
     "events": ("pk_events", ["event_id"]),
     "sessions": ("pk_sessions", ["session_id"]),
     "traffic_minute": ("pk_traffic_minute", ["minute", "device_type", "country"]),
     "search_outbox": ("pk_search_outbox", ["session_id"]),
+    "search_sync_state": ("pk_search_sync_state", ["id"]),
 }
 
 

@@ -225,6 +225,18 @@ def test_session_upsert_replace_and_delete(client: OpenSearch, prefix: str) -> N
     assert _counts(client, f"{prefix}-sessions-*") == {f"{prefix}-sessions-v1": 2}
 
 
+def test_setup_gives_an_older_sessions_index_the_template_s_gc_deletes(
+    client: OpenSearch, prefix: str
+) -> None:
+    # An index made before the template set gc_deletes keeps OpenSearch's 60 s default, too
+    # short to refuse a late write of a deleted session: setup sets it, then leaves it be.
+    index = f"{prefix}-sessions-v1"
+    client.indices.put_settings(index=index, body={"index": {"gc_deletes": "60s"}})
+    ensure_search_setup(client, prefix=prefix)
+    found = client.indices.get_settings(index=index, name="index.gc_deletes")
+    assert found[index]["settings"]["index"]["gc_deletes"] == "10m"
+
+
 def test_a_late_session_write_never_overwrites_a_newer_one(client: OpenSearch, prefix: str) -> None:
     # A bulk request the client gave up on can still be executed by OpenSearch later, after a
     # newer drain's. Versioned writes (each drain's version is higher) make such a late, older

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -174,6 +175,20 @@ def test_each_drain_writes_with_a_higher_version_than_the_one_before(engine: Eng
     assert outbox.drain(engine, recorder, on_rejected=_no_rejections) == 1
     first, second = recorder.versions
     assert 0 < first < second
+
+
+def test_drain_versions_keep_growing_when_the_clock_is_behind_the_last_one(
+    engine: Engine,
+) -> None:
+    # As after the database server's clock stepped back: the last version written is an hour
+    # ahead of the clock. The next drain's must still be higher, or OpenSearch would ignore it.
+    ahead = (time.time_ns() // 1000) + 3_600 * 1_000_000
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE search_sync_state SET version = :v"), {"v": ahead})
+    recorder = Recorder([])
+    _store(engine, [sample_session_row("s-1")])
+    assert outbox.drain(engine, recorder, on_rejected=_no_rejections) == 1
+    assert recorder.versions == [ahead + 1]
 
 
 def test_one_drainer_at_a_time(engine: Engine) -> None:

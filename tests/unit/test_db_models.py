@@ -99,7 +99,13 @@ T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def test_the_three_contract_tables_and_the_search_outbox():
-    assert set(Base.metadata.tables) == {"events", "sessions", "traffic_minute", "search_outbox"}
+    assert set(Base.metadata.tables) == {
+        "events",
+        "sessions",
+        "traffic_minute",
+        "search_outbox",
+        "search_sync_state",  # the outbox drains' version high-water mark
+    }
 
 
 def test_events_has_a_column_for_every_contract_field_plus_ingestion():

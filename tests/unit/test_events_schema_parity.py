@@ -126,6 +126,7 @@ CASES: list[tuple[str, bytes, bool]] = [
     ("control character in a url", _raw(page_url="https://shop.example.com/a\tb"), False),
     ("port out of range", _raw(page_url="https://shop.example.com:99999/"), False),
     ("https referrer without a host", _raw(referrer_url="https:foo"), False),
+    ("page url with a port but no host", _raw(page_url="https://:80/"), False),
 ]
 
 DECODER_ONLY: dict[str, str] = {
