@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
-from itertools import accumulate
+from itertools import accumulate, islice
 from json.encoder import encode_basestring as _json_string
 from pathlib import Path
 from statistics import NormalDist
@@ -1060,22 +1060,18 @@ class TrafficSimulator:
             )
             raise ConfigError(msg)
         dense = replace(config, events_per_second=per_second * margin)
-        simulator = cls(dense, seed=seed, clock=lambda: end, start=end - window, end=end)
-        if count > BACKFILL_ALIGN_MAX:
-            return simulator
-        last_ms = -1
-        made = 0
-        for _key, _value, occurred_ms in simulator.messages():
-            last_ms = occurred_ms
-            made += 1
-            if made == count:
-                break
-        if made < count:  # the window holds fewer (the caller warns): keep it whole
-            return cls(dense, seed=seed, clock=lambda: end, start=end - window, end=end)
-        # Times count from the start's second, so a shift by whole seconds moves every event
-        # by exactly that much and changes nothing else (the same seed, the same events).
-        shift = timedelta(seconds=(_to_ms(end) - last_ms) // 1000)
-        return cls(dense, seed=seed, clock=lambda: end, start=end - window + shift, end=end)
+        start = end - window
+        if count <= BACKFILL_ALIGN_MAX:
+            made = last_ms = 0
+            probe_events = cls(dense, seed=seed, clock=lambda: end, start=start, end=end)
+            for message in islice(probe_events.messages(), count):
+                made += 1
+                last_ms = message[2]
+            if made == count:  # else the window holds fewer (the caller warns): keep it whole
+                # Times count from the start's second, so a shift by whole seconds moves every
+                # event by exactly that much and changes nothing else (the same events).
+                start += timedelta(seconds=(_to_ms(end) - last_ms) // 1000)
+        return cls(dense, seed=seed, clock=lambda: end, start=start, end=end)
 
     def __iter__(self) -> Iterator[SimulatedEvent]:
         return self.events()

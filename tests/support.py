@@ -21,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from sqlalchemy import Engine, create_engine, text
 
 from clickstream.events import ClickEvent
@@ -159,6 +159,19 @@ class Received:
     headers: dict[str, str]
     partition: int
     offset: int
+
+
+def messages_on(bootstrap: str, topic: str) -> int:
+    """How many messages the topic holds (its partitions' end offsets added up)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4()}"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in partitions
+        )
+    finally:
+        consumer.close()
 
 
 def read_all(bootstrap: str, topic: str, *, expected: int, timeout: float = 60) -> list[Received]:

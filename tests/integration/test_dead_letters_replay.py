@@ -10,7 +10,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from clickstream.consume import ConsumerOptions, run
 from clickstream.dead_letters import KafkaDeadLetterSink, main, read_letters
@@ -18,7 +17,7 @@ from clickstream.pipeline import DeadLetter
 from clickstream.search import make_client
 from clickstream.search.indices import events_index
 from clickstream.settings import Settings
-from tests.support import produce, read_all, scalar
+from tests.support import messages_on, produce, read_all, scalar
 
 pytestmark = pytest.mark.integration
 
@@ -45,19 +44,6 @@ def _event(occurred_at: datetime, *, event_id: str = EVENT_ID) -> bytes:
             "country": "DE",
         }
     ).encode()
-
-
-def _messages_on(bootstrap: str, topic: str) -> int:
-    """How many messages the topic holds (its partitions' end offsets added up)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"count-{uuid.uuid4()}"})
-    try:
-        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-            for p in partitions
-        )
-    finally:
-        consumer.close()
 
 
 def _replay(capsys: pytest.CaptureFixture[str], stack, topics, *args: str) -> tuple[int, str]:
@@ -114,7 +100,7 @@ def test_a_future_event_replayed_twice_is_stored_and_counted_once(
     assert code == 0
     assert out.startswith(f"replayed 0 letter(s) to {t.events}\nskipped 1 letter(s):\n")
     assert "occurred_at still more than the future tolerance" in out
-    assert _messages_on(stack.kafka_bootstrap, t.events) == 1
+    assert messages_on(stack.kafka_bootstrap, t.events) == 1
 
     # Time has passed (as far as the tolerance is concerned): replay it, twice.
     monkeypatch.setenv("CLICKSTREAM_FUTURE_TOLERANCE_SECONDS", "3600")
@@ -189,7 +175,7 @@ def test_letters_that_cannot_succeed_are_refused_and_nothing_is_sent(
     assert lines[4].startswith("  1 session documents OpenSearch refused")
     assert lines[5].startswith("  1 value truncated:")
     assert len(lines) == 6
-    assert _messages_on(stack.kafka_bootstrap, t.events) == 0
+    assert messages_on(stack.kafka_bootstrap, t.events) == 0
 
     # --force sends the letters about their bytes, as they are; never a cut one or a stranger.
     code, out = _replay(capsys, stack, t, "--all", "--force")
@@ -239,7 +225,7 @@ def test_a_dry_run_counts_by_reason_and_sends_nothing(
     later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     code, out = _replay(capsys, stack, t, "--all", "--since", later, "--dry-run")
     assert out.splitlines() == [f"would replay 0 letter(s) to {t.events}; nothing sent (--dry-run)"]
-    assert _messages_on(stack.kafka_bootstrap, t.events) == 0
+    assert messages_on(stack.kafka_bootstrap, t.events) == 0
 
     # Without --dry-run, a missing events topic stops it before anything is read or sent.
     code = main(
