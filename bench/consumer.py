@@ -76,6 +76,7 @@ from bench._common import (
     slope_per_minute,
     unique,
 )
+from bench._cpu import CpuMeter, CpuSample, CpuUse, local_port
 from clickstream.consume import ConsumerOptions, run
 from clickstream.db import make_engine
 from clickstream.db.models import events_table
@@ -98,6 +99,8 @@ DENSITY: Final = 1000.0
 FUTURE_TOLERANCE: Final = timedelta(minutes=5)
 WATCH_INTERVAL: Final = 0.01
 """Seconds between two reads of the group's committed offsets (the clock's resolution)."""
+ASSIGNMENT_TIMEOUT: Final = 120.0
+"""Seconds a consumer process may take to be assigned partitions."""
 PIPELINE_GOAL: Final = 50.0
 CEILING_GOAL: Final = 0.70
 LATENCY_GOAL_P99: Final = 2.0
@@ -111,6 +114,8 @@ class Stack:
     bootstrap: str
     postgres_admin_url: str
     opensearch_url: str
+    meter: CpuMeter = field(default_factory=lambda: CpuMeter({}), compare=False)
+    """Samples the CPU time of the machine and of the services that run on it."""
 
 
 @dataclass(slots=True)
@@ -121,6 +126,8 @@ class Figure:
     count: int
     seconds: float
     load_1m: float
+    cpu: CpuUse | None = None
+    """The CPU time used while the clock ran (machine, and each local service)."""
 
     @property
     def rate(self) -> float:
@@ -219,13 +226,16 @@ def _settings(stack: Stack, topics: Topics, database_url: str, prefix: str | Non
 class _AssignmentClock(logging.Handler):
     """Notes when the consumer logs its partition assignment (``assigned ...``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, meter: CpuMeter) -> None:
         super().__init__(logging.INFO)
         self.assigned_at: float | None = None
+        self.cpu: CpuSample | None = None
+        self._meter = meter
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.assigned_at is None and record.getMessage().startswith("assigned "):
             self.assigned_at = time.perf_counter()
+            self.cpu = self._meter.sample()
 
 
 class _CommitWatcher:
@@ -263,6 +273,7 @@ def _pipeline(
     partitions: int,
     batch_size: int,
     opensearch: bool,
+    meter: CpuMeter,
     profile: cProfile.Profile | None = None,
 ) -> PipelineFigure:
     """Run the consumer in a thread until the group committed ``count`` messages; time it."""
@@ -283,7 +294,7 @@ def _pipeline(
         except BaseException as exc:  # handed to the main thread
             errors.append(exc)
 
-    clock = _AssignmentClock()
+    clock = _AssignmentClock(meter)
     consume_log = logging.getLogger("clickstream.consume")
     level = consume_log.level
     consume_log.setLevel(logging.INFO)
@@ -303,6 +314,7 @@ def _pipeline(
             alive=thread.is_alive,
             failure=lambda: str(errors),
         )
+        cpu_end = meter.sample()
     finally:
         stop.set()
         thread.join(timeout=300)
@@ -312,7 +324,7 @@ def _pipeline(
     if errors:
         raise errors[0]
     first = next(((at, n) for at, n in samples if n), None)
-    if clock.assigned_at is None or first is None:
+    if clock.assigned_at is None or clock.cpu is None or first is None:
         msg = "the consumer never logged its assignment ('assigned ...')"
         raise RuntimeError(msg)
     report = outcome[0]
@@ -329,6 +341,7 @@ def _pipeline(
         count=count,
         seconds=seen - clock.assigned_at,
         load_1m=load,
+        cpu=CpuUse.between(clock.cpu, cpu_end),
         steady_count=count - first[1],
         steady_seconds=seen - first[0],
         report=asdict(report),
@@ -463,22 +476,24 @@ def _naive(
 # -- baseline (b): the sinks' bulk ceilings -------------------------------------------------
 
 
-def _copy_ceiling(database_url: str, rows: Sequence[Mapping[str, Any]]) -> Figure:
+def _copy_ceiling(database_url: str, rows: Sequence[Mapping[str, Any]], meter: CpuMeter) -> Figure:
     """One ``COPY events FROM STDIN`` of every row, then COMMIT."""
     columns = list(rows[0])
     names = ", ".join(f'"{c}"' for c in columns)
     load = load_average()[0]
     with psycopg.connect(libpq_url(database_url)) as conn:
-        started = time.perf_counter()
+        before = meter.sample()
         with conn.cursor() as cursor, cursor.copy(f"COPY events ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row([row[c] for c in columns])
         conn.commit()
-        seconds = time.perf_counter() - started
-    return Figure("ceiling: PostgreSQL COPY into events", len(rows), seconds, load)
+        cpu = CpuUse.between(before, meter.sample())
+    return Figure("ceiling: PostgreSQL COPY into events", len(rows), cpu.seconds, load, cpu)
 
 
-def _bulk_ceiling(client: OpenSearch, prefix: str, events: Sequence[ClickEvent]) -> Figure:
+def _bulk_ceiling(
+    client: OpenSearch, prefix: str, events: Sequence[ClickEvent], meter: CpuMeter
+) -> Figure:
     """``helpers.bulk`` (default 500 per request) of the documents the sink would write."""
     actions = []
     for event in events:
@@ -492,13 +507,13 @@ def _bulk_ceiling(client: OpenSearch, prefix: str, events: Sequence[ClickEvent])
             }
         )
     load = load_average()[0]
-    started = time.perf_counter()
+    before = meter.sample()
     ok, _errors = bulk(client, actions)
-    seconds = time.perf_counter() - started
+    cpu = CpuUse.between(before, meter.sample())
     if ok != len(actions):
         msg = f"bulk indexed {ok} of {len(actions)} documents"
         raise RuntimeError(msg)
-    return Figure("ceiling: OpenSearch helpers.bulk", len(actions), seconds, load)
+    return Figure("ceiling: OpenSearch helpers.bulk", len(actions), cpu.seconds, load, cpu)
 
 
 def _pipeline_processes(
@@ -510,6 +525,7 @@ def _pipeline_processes(
     partitions: int,
     batch_size: int,
     opensearch: bool,
+    meter: CpuMeter,
 ) -> PipelineFigure:
     """Run ``processes`` consumer processes in one group until it committed ``count`` messages.
 
@@ -526,28 +542,44 @@ def _pipeline_processes(
     )
     load = load_average()[0]
     consumers = [
-        _ConsumerProcess(settings, batch_size=batch_size, opensearch=opensearch)
+        _ConsumerProcess(settings, batch_size=batch_size, opensearch=opensearch, meter=meter)
         for _ in range(processes)
     ]
+    spawned = time.perf_counter()
+
+    def alive() -> bool:
+        if not all(c.alive() for c in consumers):
+            return False
+        assigned = all(c.assigned.is_set() for c in consumers)
+        return assigned or time.perf_counter() - spawned < ASSIGNMENT_TIMEOUT
+
     try:
-        for consumer in consumers:
-            consumer.wait_assigned(timeout=120)
+        # Watched from the start, not from the group's forming: the count committed by then is
+        # read, not guessed, even when the group forms late in a short run.
         samples, seen = _watch(
             watcher,
             settings,
             count,
             opensearch=opensearch,
-            alive=lambda: all(c.alive() for c in consumers),
+            alive=alive,
             failure=lambda: "\n".join(line for c in consumers for line in c.log),
         )
+        cpu_end = meter.sample()
+        if not all(c.assigned.is_set() for c in consumers):
+            msg = (
+                f"all {count} events were committed before every process had partitions (the "
+                "group takes a few seconds to form): use more --events"
+            )
+            raise RuntimeError(msg)
         # Before stopping: shutting down logs a revocation too.
-        formed = max(c.last_change or 0.0 for c in consumers)
+        last = max(consumers, key=lambda c: c.last_change or 0.0)
+        formed, cpu_formed = last.last_change or 0.0, last.last_change_cpu
     finally:
         for consumer in consumers:
             consumer.stop()
         watcher.close()
     started = min(c.assigned_at or formed for c in consumers)
-    before = max((n for at, n in samples if at <= formed), default=0)
+    before = committed_by(samples, formed, count)
     if count - before < count // 2:
         msg = (
             f"the group formed {formed - started:.1f} s after the first assignment, when "
@@ -565,16 +597,31 @@ def _pipeline_processes(
         count=count - before,
         seconds=seen - formed,
         load_1m=load,
+        cpu=CpuUse.between(cpu_formed, cpu_end) if cpu_formed is not None else None,
     )
 
 
 # -- the consumer as its own process (latency, soak) ----------------------------------------
 
 
+def committed_by(samples: Sequence[tuple[float, int]], moment: float, count: int) -> int:
+    """How many of ``count`` messages the samples ``(time, committed)`` show committed at
+    ``moment``: the last reading at or before it. Without one, all of them (nothing is left
+    to measure after it)."""
+    return max((n for at, n in samples if at <= moment), default=count)
+
+
 class _ConsumerProcess:
     """``python -m clickstream.consume`` with the benchmark's settings in its environment."""
 
-    def __init__(self, settings: Settings, *, batch_size: int, opensearch: bool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        batch_size: int,
+        opensearch: bool,
+        meter: CpuMeter | None = None,
+    ) -> None:
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith("CLICKSTREAM_")}
         env |= {
             "CLICKSTREAM_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
@@ -592,6 +639,9 @@ class _ConsumerProcess:
         self.assigned_at: float | None = None
         self.last_change: float | None = None
         """When the process last logged a change of its partitions (assigned or revoked)."""
+        self.last_change_cpu: CpuSample | None = None
+        """The CPU time used by then (with a ``meter``)."""
+        self._meter = meter
         self.log: deque[str] = deque(maxlen=200)
         self._process = subprocess.Popen(
             command,
@@ -616,6 +666,8 @@ class _ConsumerProcess:
             self.log.append(line.rstrip())
             if " assigned " in line or " revoked " in line:
                 self.last_change = time.perf_counter()
+                if self._meter is not None:
+                    self.last_change_cpu = self._meter.sample()
             if " assigned " in line:
                 if self.assigned_at is None:
                     self.assigned_at = time.perf_counter()
@@ -1075,6 +1127,7 @@ def _throughput(stack: Stack, client: OpenSearch | None, args: argparse.Namespac
                 partitions=partitions,
                 batch_size=batch,
                 opensearch=opensearch,
+                meter=stack.meter,
             )
 
         def several(name: str, settings: Settings, opensearch: bool) -> PipelineFigure:
@@ -1086,6 +1139,7 @@ def _throughput(stack: Stack, client: OpenSearch | None, args: argparse.Namespac
                 partitions=partitions,
                 batch_size=batch,
                 opensearch=opensearch,
+                meter=stack.meter,
             )
 
         def scenario(name: str, run: _Run, *, opensearch: bool) -> PipelineFigure:
@@ -1127,6 +1181,7 @@ def _throughput(stack: Stack, client: OpenSearch | None, args: argparse.Namespac
                     partitions=partitions,
                     batch_size=batch,
                     opensearch=p is not None,
+                    meter=stack.meter,
                     profile=profile,
                 )
                 profile.dump_stats(args.profile)
@@ -1143,13 +1198,13 @@ def _throughput(stack: Stack, client: OpenSearch | None, args: argparse.Namespac
         for event, (partition, offset) in zip(events, positions, strict=True)
     ]
     with fresh_database(stack.postgres_admin_url) as url:
-        copy = _copy_ceiling(url, rows)
+        copy = _copy_ceiling(url, rows, stack.meter)
         _check(_count_rows(url), count, "rows in events (COPY)")
     bulk_figure = None
     if client is not None:
         with opensearch_prefix(client) as p:
             ensure_search_setup(client, prefix=p)
-            bulk_figure = _bulk_ceiling(client, p, events)
+            bulk_figure = _bulk_ceiling(client, p, events, stack.meter)
             _check(_count_documents(client, events_index_pattern(p)), count, "documents (bulk)")
     return Throughput(
         pg, both, naive, copy, bulk_figure, decode, hot_spots, processes_pg, processes_both
@@ -1273,9 +1328,38 @@ def _print_throughput(result: Throughput) -> None:
     for name, value, goal in _ratios(result):
         shown = f"{value:,.1f}x" if value >= 2 else f"{value:.1%}"
         print(f"{name}: {shown}  ({goal})")
+    _print_cpu([f for f in figures if f.cpu is not None])
     if result.hot_spots:
         print("\nhot spots of the consumer thread (cProfile, a separate unmeasured run):")
         print(result.hot_spots)
+
+
+def _print_cpu(figures: Sequence[Figure]) -> None:
+    """CPU per event of each scenario, split by service, and the rate those costs allow."""
+    if not figures:
+        return
+    services = list(dict.fromkeys(name for f in figures if f.cpu for name in f.cpu.services))
+    columns = [*services, "rest", "total"]
+    width = max(len(f.name) for f in figures)
+    cores = figures[0].cpu.cores if figures[0].cpu else 1
+    print(
+        f"\nCPU while each clock ran, in µs per event, all {cores} cores together; 'rest' is what"
+        "\nno service accounts for (this benchmark, consumer processes, anything else); "
+        f"'bound' = {cores} cores / total:"
+    )
+    head = "".join(f"  {c:>10}" for c in columns)
+    print(f"{'scenario':<{width}}  {'busy':>5}  {'steal':>5}{head}  {'bound/s':>9}")
+    for figure in figures:
+        cpu = figure.cpu
+        if cpu is None:
+            continue
+        per = cpu.per_item(figure.count)
+        cells = "".join(f"  {per[c]:>10,.1f}" if c in per else f"  {'-':>10}" for c in columns)
+        steal = cpu.steal / (cpu.seconds * cpu.cores) if cpu.seconds > 0 else 0.0
+        print(
+            f"{figure.name:<{width}}  {cpu.utilisation:>5.0%}  {steal:>5.0%}{cells}"
+            f"  {cpu.bound(figure.count):>9,.0f}"
+        )
 
 
 def _print_latency(figure: LatencyFigure) -> None:
@@ -1318,8 +1402,15 @@ def _print_soak(figure: SoakFigure) -> None:
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Figure):
-        return {**asdict(value), "rate": value.rate} | (
-            {"steady_rate": value.steady_rate} if isinstance(value, PipelineFigure) else {}
+        cpu = value.cpu
+        return (
+            {**asdict(value), "rate": value.rate}
+            | ({"steady_rate": value.steady_rate} if isinstance(value, PipelineFigure) else {})
+            | (
+                {"cpu_us_per_event": cpu.per_item(value.count), "cpu_bound": cpu.bound(value.count)}
+                if cpu is not None
+                else {}
+            )
         )
     if isinstance(value, Throughput):
         out = {k: _jsonable(getattr(value, k)) for k in value.__slots__}
@@ -1484,7 +1575,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.warm_up_documents < 0:
         print("--warm-up-documents must be 0 or more", file=sys.stderr)
         return 2
-    stack = Stack(args.bootstrap_servers, args.postgres_admin_url, args.opensearch_url)
+    meter = CpuMeter(
+        {
+            "PostgreSQL": local_port(args.postgres_admin_url, 5432),
+            "OpenSearch": local_port(args.opensearch_url, 9200) if args.with_opensearch else None,
+            "Kafka": local_port(args.bootstrap_servers, 9092),
+        }
+    )
+    stack = Stack(args.bootstrap_servers, args.postgres_admin_url, args.opensearch_url, meter)
     client = make_client(stack.opensearch_url) if args.with_opensearch else None
     results: dict[str, Any] = {
         "date": f"{_now():%Y-%m-%d %H:%M} UTC",

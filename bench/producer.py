@@ -27,6 +27,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from bench._cpu import CpuMeter, CpuUse, local_port, own_threads
 from clickstream.kafka import librdkafka_logger
 from clickstream.produce import GC_THRESHOLDS, tune_garbage_collector
 from clickstream.producer import POLL_EVERY, EventProducer, ProducerTuning, producer_config
@@ -60,6 +62,33 @@ def _timed(action: Callable[[], int]) -> float:
     started = time.perf_counter()
     count = action()
     return _rate(count, time.perf_counter() - started)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """One timed Kafka run: its rate, and the CPU time used per event while it ran."""
+
+    rate: float
+    cpu: CpuUse
+    python: float
+    """µs per event of this process's main thread (the Python code and the produce calls)."""
+    client: float
+    """µs per event of this process's other threads (librdkafka's: batching, compression, I/O)."""
+
+
+def _metered(action: Callable[[], int], meter: CpuMeter) -> _Run:
+    gc.collect()
+    before, threads = meter.sample(), own_threads()
+    count = action()
+    after, threads_after = meter.sample(), own_threads()
+    cpu = CpuUse.between(before, after)
+    scale = 1e6 / count
+    return _Run(
+        rate=_rate(count, cpu.seconds),
+        cpu=cpu,
+        python=(threads_after[0] - threads[0]) * scale,
+        client=(threads_after[1] - threads[1]) * scale,
+    )
 
 
 def _generate(count: int, seed: int) -> int:
@@ -264,13 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.soak:
             _soak(config, topic, args.soak, args.sample_seconds)
             return 0
-        _report(args, config, topic)
+        meter = CpuMeter({"Kafka": local_port(args.bootstrap_servers, 9092)})
+        _report(args, config, topic, meter)
     finally:
         admin.delete_topics([topic])[topic].result(timeout=30)
     return 0
 
 
-def _report(args: argparse.Namespace, config: dict[str, Any], topic: str) -> None:
+def _report(args: argparse.Namespace, config: dict[str, Any], topic: str, meter: CpuMeter) -> None:
     count, repeat = args.events, args.repeat
     print(
         f"producer benchmark, {count:,} events per run, best of {repeat}, "
@@ -298,10 +328,12 @@ def _report(args: argparse.Namespace, config: dict[str, Any], topic: str) -> Non
     gc.freeze()
     ceilings, naives, ends = [], [], []
     for _ in range(repeat):  # interleaved, so all see the same broker conditions
-        ceilings.append(_timed(lambda: _ceiling(config, topic, messages)))
+        ceilings.append(_metered(lambda: _ceiling(config, topic, messages), meter))
         naives.append(_timed(lambda: _naive_client(config, topic, messages)))
-        ends.append(_timed(lambda: _end_to_end(config, topic, count, seed=7)))
-    ceiling, naive, end_to_end = max(ceilings), max(naives), max(ends)
+        ends.append(_metered(lambda: _end_to_end(config, topic, count, seed=7), meter))
+    best_ceiling = max(ceilings, key=lambda run: run.rate)
+    best_end = max(ends, key=lambda run: run.rate)
+    ceiling, naive, end_to_end = best_ceiling.rate, max(naives), best_end.rate
     rows = [
         ("simulate (records only)", generate),
         ("serialize, fast path (SimulatedEvent.to_json)", serialize),
@@ -323,6 +355,30 @@ def _report(args: argparse.Namespace, config: dict[str, Any], topic: str) -> Non
         f"{1e6 / ceiling:.1f} = {1e6 / wire + 1e6 / ceiling:.1f}; "
         f"measured end to end {1e6 / end_to_end:.1f}"
     )
+    _print_cpu(count, [("Kafka client ceiling", best_ceiling), ("end to end", best_end)], meter)
+
+
+def _print_cpu(count: int, runs: Sequence[tuple[str, _Run]], meter: CpuMeter) -> None:
+    """CPU per event of the best runs: the Python thread, librdkafka's threads, the broker."""
+    broker = "Kafka" in meter.pids
+    cores = runs[0][1].cpu.cores
+    print(
+        f"\nCPU per event (µs) in the best run of each, all {cores} cores together; "
+        "'bound' = cores / total:"
+    )
+    width = max(len(name) for name, _ in runs)
+    columns = ["Python thread", "client threads", "broker" if broker else "", "other", "total"]
+    head = "".join(f"  {c:>14}" for c in columns if c)
+    print(f"{'':<{width}}  {'busy':>5}{head}  {'bound/s':>9}")
+    for name, run in runs:
+        per = run.cpu.per_item(count)
+        own = run.python + run.client
+        cells = [run.python, run.client]
+        if broker:
+            cells.append(per["Kafka"])
+        cells += [max(0.0, per["rest"] - own), per["total"]]
+        text = "".join(f"  {value:>14.2f}" for value in cells)
+        print(f"{name:<{width}}  {run.cpu.utilisation:>5.0%}{text}  {run.cpu.bound(count):>9,.0f}")
 
 
 if __name__ == "__main__":
