@@ -67,7 +67,7 @@ from clickstream.db.models import (
     traffic_minute_table,
 )
 from clickstream.errors import ClickstreamError
-from clickstream.settings import load_settings
+from clickstream.settings import SETTING_FLAGS, load_settings
 
 __all__ = [
     "CURRENT_VISITORS_WINDOW",
@@ -1011,6 +1011,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides={"database_url": args.database_url},
             uses=frozenset({"database_url"}),
             command="clickstream.analytics",
+            flags=SETTING_FLAGS,
         )
         engine = make_engine(
             settings.database_url.get_secret_value(), application_name="report", must_exist=True

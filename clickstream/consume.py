@@ -39,7 +39,7 @@ from clickstream.pipeline import (
     SearchIndex,
     StoredBatch,
 )
-from clickstream.settings import Settings, load_settings
+from clickstream.settings import SETTING_FLAGS, Settings, load_settings
 from clickstream.store import SessionRules
 from clickstream.threads import in_daemon_thread
 
@@ -1174,6 +1174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else set()
             ),
             command="clickstream.consume",
+            flags=SETTING_FLAGS,
         )
         options = _options(args)
         stop.grace = options.stop_grace

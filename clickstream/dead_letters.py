@@ -46,7 +46,7 @@ from clickstream.kafka import (
 )
 from clickstream.pipeline import DeadLetter
 from clickstream.search.sink import REJECTED_REASON
-from clickstream.settings import KAFKA_CONNECTION_FIELDS, Settings, load_settings
+from clickstream.settings import KAFKA_CONNECTION_FIELDS, SETTING_FLAGS, Settings, load_settings
 
 __all__ = [
     "FALLBACK_VALUE_BYTES",
@@ -995,12 +995,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.replay:
             uses |= {"topic", "future_tolerance_seconds"}
         command = "clickstream.dead_letters"
-        settings = load_settings(role="consumer", overrides=overrides, uses=uses, command=command)
+        settings = load_settings(
+            role="consumer", overrides=overrides, uses=uses, command=command, flags=SETTING_FLAGS
+        )
         # Least privilege: the consumer's user may read the dead letters, the producer's may
         # write the events topic; no user of the stack holds both. A dry run sends nothing.
         sending = args.replay and not args.dry_run
         sender = (
-            load_settings(role="producer", overrides=overrides, uses=uses, command=command)
+            load_settings(
+                role="producer",
+                overrides=overrides,
+                uses=uses,
+                command=command,
+                flags=SETTING_FLAGS,
+            )
             if sending
             else None
         )

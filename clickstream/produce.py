@@ -41,7 +41,7 @@ from rich.progress import (
 from clickstream.cli import add_log_level, number, whole_number
 from clickstream.errors import ClickstreamError, ConfigError, DeliveryError, TransientError
 from clickstream.producer import COMPRESSION_TYPES, EventProducer, ProducerTuning, producer_config
-from clickstream.settings import KAFKA_CONNECTION_FIELDS, load_settings
+from clickstream.settings import KAFKA_CONNECTION_FIELDS, SETTING_FLAGS, load_settings
 from clickstream.simulator import IMPLEMENTATION as SIMULATOR_IMPLEMENTATION
 from clickstream.simulator import (
     MAX_EVENTS_PER_SECOND,
@@ -734,6 +734,7 @@ def _main(
             # producer_config() reads the connection, the producer sends to the topic.
             uses=KAFKA_CONNECTION_FIELDS | {"topic"},
             command="clickstream.produce",
+            flags=SETTING_FLAGS,
         )
         tuning = ProducerTuning(
             compression=args.compression,

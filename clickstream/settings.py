@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Collection, Mapping
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -27,6 +28,7 @@ from clickstream.errors import ConfigError
 __all__ = [
     "ENV_PREFIX",
     "KAFKA_CONNECTION_FIELDS",
+    "SETTING_FLAGS",
     "Role",
     "Settings",
     "is_kafka_name",
@@ -36,6 +38,23 @@ __all__ = [
 ENV_PREFIX = "CLICKSTREAM_"
 
 logger = logging.getLogger(__name__)
+
+SETTING_FLAGS: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "kafka_bootstrap_servers": "--bootstrap-servers",
+        "topic": "--topic",
+        "dlq_topic": "--dlq-topic",
+        "consumer_group": "--group",
+        "database_url": "--database-url",
+        "opensearch_url": "--opensearch-url",
+        "opensearch_index_prefix": "--prefix",
+        "opensearch_shards": "--shards",
+        "opensearch_replicas": "--replicas",
+        "opensearch_retention_days": "--retention-days",
+        "dashboards_url": "--dashboards-url",
+    }
+)
+"""How the commands' flags spell the settings they override: the same flag in every command."""
 
 _KAFKA_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}", re.ASCII)
 
@@ -210,16 +229,27 @@ KAFKA_CONNECTION_FIELDS: Final = frozenset(
 connection. An entry point that makes a Kafka client names them in ``load_settings(uses=...)``."""
 
 
-def _describe(items: list[Any], given: Collection[str] = ()) -> str:
-    """The errors, one line each, naming the variable (or the flag's value, for ``given``)."""
+def _describe(
+    items: list[Any], given: Collection[str] = (), flags: Mapping[str, str] | None = None
+) -> str:
+    """The errors, one line each, naming the variable, or the flag for a value in ``given``."""
     lines = []
     for item in items:
         name = ".".join(str(part) for part in item["loc"])
         if not name:  # a rule across fields names its variables itself
             lines.append(_message(item))
             continue
-        source = " (the value given on the command line)" if name in given else ""
-        lines.append(f"{ENV_PREFIX}{name.upper()}{source}: {_message(item)}")
+        variable = f"{ENV_PREFIX}{name.upper()}"
+        if name in given:
+            flag = (flags or {}).get(name)
+            source = (
+                f"{flag} (instead of {variable})"
+                if flag
+                else f"{variable} (the value given on the command line)"
+            )
+        else:
+            source = variable
+        lines.append(f"{source}: {_message(item)}")
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 
@@ -230,6 +260,7 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     uses: frozenset[str] | None = None,
     command: str = "this command",
+    flags: Mapping[str, str] | None = None,
 ) -> Settings:
     """Build the settings once, at an entry point.
 
@@ -248,6 +279,8 @@ def load_settings(
         uses: the fields the command reads, directly or through the functions it calls;
             ``None``: every field (all are validated, as for a library caller).
         command: how the warnings name the command, e.g. ``"clickstream.produce"``.
+        flags: the command line's flag for each field of ``overrides`` (normally
+            :data:`SETTING_FLAGS`), so that an error about a value given there names the flag.
 
     Raises:
         ConfigError: a value the command uses is malformed; the message names the
@@ -303,4 +336,4 @@ def load_settings(
                     _message(item),
                 )
         if errors or not dropped:
-            raise ConfigError(_describe(errors or items, explicit)) from failure
+            raise ConfigError(_describe(errors or items, explicit, flags)) from failure

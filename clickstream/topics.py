@@ -35,7 +35,7 @@ from clickstream.kafka import (
     librdkafka_logger,
     list_topics,
 )
-from clickstream.settings import KAFKA_CONNECTION_FIELDS, load_settings
+from clickstream.settings import KAFKA_CONNECTION_FIELDS, SETTING_FLAGS, load_settings
 
 __all__ = ["TopicOutcome", "TopicResult", "TopicSpec", "ensure_topics", "main"]
 
@@ -244,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # kafka_client_config() reads the connection; both topics are created.
             uses=KAFKA_CONNECTION_FIELDS | {"topic", "dlq_topic"},
             command="clickstream.topics",
+            flags=SETTING_FLAGS,
         )
         admin_config = {
             **kafka_client_config(settings),

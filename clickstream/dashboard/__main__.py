@@ -17,7 +17,7 @@ from clickstream.cli import add_log_level, configure_logging
 from clickstream.dashboard.server import DashboardApp, DashboardServer
 from clickstream.db import make_engine, refusal_error
 from clickstream.errors import ClickstreamError, ConfigError
-from clickstream.settings import load_settings
+from clickstream.settings import SETTING_FLAGS, load_settings
 
 __all__ = ["main"]
 
@@ -107,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides={"database_url": args.database_url},
             uses=frozenset({"database_url"}),
             command="clickstream.dashboard",
+            flags=SETTING_FLAGS,
         )
         engine = make_engine(
             settings.database_url.get_secret_value(), application_name="dashboard", must_exist=True

@@ -46,7 +46,7 @@ from clickstream.cli import INTERRUPTED, Stopped, WaitWatch, add_log_level, stop
 from clickstream.db import make_engine
 from clickstream.db.models import events_table, sessions_table, traffic_minute_table
 from clickstream.errors import ClickstreamError, TerminalError, TransientError
-from clickstream.settings import load_settings
+from clickstream.settings import SETTING_FLAGS, load_settings
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -399,6 +399,7 @@ def _main(args: argparse.Namespace, *, cutoff: datetime, watch: WaitWatch) -> in
             overrides={"database_url": args.database_url},
             uses=frozenset({"database_url"}),
             command="clickstream.db.retention",
+            flags=SETTING_FLAGS,
         )
         engine = make_engine(settings.database_url.get_secret_value(), must_exist=True)
         try:

@@ -23,7 +23,7 @@ from clickstream.search.dashboards import import_dashboards
 from clickstream.search.indices import DEFAULT_RETENTION_DAYS
 from clickstream.search.lifecycle import prune_sessions
 from clickstream.search.setup import ensure_search_setup
-from clickstream.settings import Settings, load_settings
+from clickstream.settings import SETTING_FLAGS, Settings, load_settings
 
 logger = logging.getLogger("clickstream.search")
 
@@ -133,6 +133,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides=overrides,
         uses=frozenset(uses | {"opensearch_index_prefix"}),
         command=f"clickstream.search {args.command}",
+        flags=SETTING_FLAGS,
     )
 
 

@@ -7,6 +7,8 @@ import importlib
 import logging
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +18,7 @@ from alembic.config import Config
 
 from clickstream.db.migrate import MIGRATIONS_DIR
 from clickstream.errors import ConfigError
-from clickstream.settings import Settings, load_settings
+from clickstream.settings import SETTING_FLAGS, Settings, load_settings
 
 
 @pytest.mark.parametrize(
@@ -361,3 +363,51 @@ def test_each_entry_point_gets_past_settings_with_every_other_setting_malformed(
     defaults = Settings()
     for name in unused:
         assert getattr(reached.value.settings, name) == getattr(defaults, name), name
+
+
+def test_an_error_names_the_flag_that_gave_the_value_or_else_the_variable() -> None:
+    def error(**kwargs: Any) -> str:
+        with pytest.raises(ConfigError) as caught:
+            load_settings(environ={"CLICKSTREAM_DATABASE_URL": "nonsense"}, **kwargs)
+        return str(caught.value)
+
+    flagged = error(overrides={"topic": "bad topic!"}, flags=SETTING_FLAGS)
+    assert "--topic (instead of CLICKSTREAM_TOPIC): expected a Kafka topic name" in flagged
+    # The environment's bad value is named by its variable, beside the flag's.
+    assert "\n  CLICKSTREAM_DATABASE_URL: expected a SQLAlchemy URL" in flagged
+    unnamed = error(overrides={"topic": "bad topic!"})  # a caller with no flags to name
+    assert "CLICKSTREAM_TOPIC (the value given on the command line): expected" in unnamed
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "named"),
+    [
+        ("clickstream.produce", ["--count", "1", "--topic", "bad topic!"], "--topic"),
+        ("clickstream.consume", ["--bootstrap-servers", "no-port"], "--bootstrap-servers"),
+        ("clickstream.topics", ["--dlq-topic", "bad topic!"], "--dlq-topic"),
+        ("clickstream.dead_letters", ["--dlq-topic", "bad topic!"], "--dlq-topic"),
+        ("clickstream.analytics", ["--database-url", "nonsense"], "--database-url"),
+        (
+            "clickstream.db.retention",
+            ["--older-than", "30d", "--database-url", "x"],
+            "--database-url",
+        ),
+        ("clickstream.dashboard", ["--database-url", "nonsense"], "--database-url"),
+    ],
+)
+def test_each_command_names_the_flag_of_a_bad_value(
+    module: str, argv: list[str], named: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLICKSTREAM_")}
+    result = subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0, result.stderr
+    field = next(name for name, flag in SETTING_FLAGS.items() if flag == named)
+    variable = "CLICKSTREAM_" + field.upper()
+    assert f"{named} (instead of {variable}): " in result.stderr + result.stdout
