@@ -60,8 +60,12 @@ class CpuUse:
 
     @property
     def rest(self) -> float:
-        """CPU seconds no service accounts for: the benchmark, consumer processes, others."""
-        return max(0.0, self.busy - sum(self.services.values()))
+        """CPU seconds no service accounts for: the benchmark, consumer processes, others.
+
+        Not clamped: the machine's and the processes' times are separate counters, each in
+        clock ticks, so over a short interval this can come out slightly negative.
+        """
+        return self.busy - sum(self.services.values())
 
     @property
     def utilisation(self) -> float:
@@ -90,10 +94,11 @@ class CpuUse:
             cores=os.cpu_count() or 1,
             busy=after.busy - before.busy,
             steal=after.steal - before.steal,
+            # A service whose time went back (it restarted: another process) is left out.
             services={
                 name: after.services[name] - used
                 for name, used in before.services.items()
-                if name in after.services
+                if after.services.get(name, -1.0) >= used
             },
         )
 
@@ -121,6 +126,16 @@ class CpuMeter:
             for name, port in ports.items()
             if port is not None and port in listeners
         }
+        self.missing = sorted(
+            name for name, port in ports.items() if port is not None and name not in self.pids
+        )
+        """Services on a local port that no process of this machine was seen listening on."""
+
+    def describe(self) -> str:
+        """Which process is metered for each service (a proxy or a tunnel would show here)."""
+        found = [f"{name}: pid {pid} ({_command(pid)})" for name, pid in self.pids.items()]
+        found += [f"{name}: no local listener found" for name in self.missing]
+        return "; ".join(found) or "no local service"
 
     def sample(self) -> CpuSample:
         """The CPU seconds used so far (a few milliseconds to read)."""
@@ -144,6 +159,13 @@ def own_threads() -> tuple[float, float]:
     main = (int(fields[11]) + int(fields[12])) / _TICK
     times = os.times()
     return main, max(0.0, times.user + times.system - main)
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text(encoding="utf-8").strip()
+    except OSError:
+        return "?"
 
 
 def _machine() -> tuple[float, float]:

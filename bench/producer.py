@@ -79,12 +79,14 @@ class _Run:
 def _metered(action: Callable[[], int], meter: CpuMeter) -> _Run:
     gc.collect()
     before, threads = meter.sample(), own_threads()
+    started = time.perf_counter()
     count = action()
+    seconds = time.perf_counter() - started
     after, threads_after = meter.sample(), own_threads()
     cpu = CpuUse.between(before, after)
     scale = 1e6 / count
     return _Run(
-        rate=_rate(count, cpu.seconds),
+        rate=_rate(count, seconds),
         cpu=cpu,
         python=(threads_after[0] - threads[0]) * scale,
         client=(threads_after[1] - threads[1]) * scale,
@@ -364,7 +366,8 @@ def _print_cpu(count: int, runs: Sequence[tuple[str, _Run]], meter: CpuMeter) ->
     cores = runs[0][1].cpu.cores
     print(
         f"\nCPU per event (µs) in the best run of each, all {cores} cores together; "
-        "'bound' = cores / total:"
+        "'bound' = cores / total;\n'other' is the machine's time less the rest (separate "
+        f"counters: a few hundredths off, either way); metered: {meter.describe()}"
     )
     width = max(len(name) for name, _ in runs)
     columns = ["Python thread", "client threads", "broker" if broker else "", "other", "total"]
@@ -376,7 +379,7 @@ def _print_cpu(count: int, runs: Sequence[tuple[str, _Run]], meter: CpuMeter) ->
         cells = [run.python, run.client]
         if broker:
             cells.append(per["Kafka"])
-        cells += [max(0.0, per["rest"] - own), per["total"]]
+        cells += [per["rest"] - own, per["total"]]
         text = "".join(f"  {value:>14.2f}" for value in cells)
         print(f"{name:<{width}}  {run.cpu.utilisation:>5.0%}{text}  {run.cpu.bound(count):>9,.0f}")
 

@@ -54,6 +54,7 @@ __all__ = [
     "PositionedEvent",
     "SessionChanges",
     "SessionRules",
+    "session_event",
     "session_row",
     "stored_events",
     "write_batch",
@@ -422,7 +423,8 @@ def _add_traffic(conn: Connection, new_events: Sequence[ClickEvent]) -> None:
     conn.execute(statement, rows)
 
 
-def _session_event(event: ClickEvent) -> SessionEvent:
+def session_event(event: ClickEvent) -> SessionEvent:
+    """What sessionization reads of an event (a :class:`SessionEvent`)."""
     return SessionEvent(  # positional, in field order: the cheapest way to build it
         event.event_id,
         event.occurred_at,
@@ -569,7 +571,7 @@ def _resessionize(
             return changes, 0, len(extended)
     gap = rules.gap
     fresh_by_user = {
-        user: [_session_event(event) for event in events]
+        user: [session_event(event) for event in events]
         for user, events in by_user.items()
         if user not in extended
     }

@@ -6,19 +6,21 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
-from bench._cpu import CpuMeter, CpuSample, CpuUse, local_port
+from bench._cpu import CpuMeter, CpuSample, CpuUse, local_port, own_threads
 from bench.consumer import committed_by
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
-# A "service": listens on a port, and when told to, burns CPU in a child process of its own
-# (as PostgreSQL's connection processes do) that ends before it answers, then in itself.
+# A "service": listens on a port and, when told to, burns CPU in a child process of its own (as
+# PostgreSQL's connection processes do) and then in itself. The child says when it is halfway,
+# so that the test can take its first sample while the child is alive.
 _SERVICE = r"""
 import socket, subprocess, sys, time
 server = socket.socket()
@@ -26,8 +28,14 @@ server.bind(("127.0.0.1", 0))
 server.listen()
 print(server.getsockname()[1], flush=True)
 sys.stdin.readline()
-burn = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
-subprocess.run([sys.executable, "-c", burn], check=True)
+burn = (
+    "import time\ndef burn(s):\n end = time.process_time() + s\n"
+    " while time.process_time() < end: pass\n"
+    "burn(0.3)\nprint('half', flush=True)\nburn(0.3)\n"
+)
+child = subprocess.Popen([sys.executable, "-c", burn], stdout=subprocess.PIPE, text=True)
+print(child.stdout.readline().strip(), flush=True)
+child.wait()
 end = time.process_time() + 0.3
 while time.process_time() < end:
     pass
@@ -56,18 +64,38 @@ def test_a_service_is_the_process_on_its_port_with_its_children_ended_or_not() -
     with _service() as (process, port):
         meter = CpuMeter({"svc": port, "nobody": _free_port(), "remote": None})
         assert meter.pids == {"svc": process.pid}
-        before = meter.sample()
+        assert meter.missing == ["nobody"]
+        assert f"svc: pid {process.pid} (python" in meter.describe()
         assert process.stdin is not None and process.stdout is not None
         process.stdin.write("go\n")
         process.stdin.flush()
+        assert process.stdout.readline().strip() == "half"
+        before = meter.sample()  # the child is alive, 0.3 s of CPU into its 0.6 s
         assert process.stdout.readline().strip() == "done"
         after = meter.sample()
     used = CpuUse.between(before, after)
-    # 0.4 s in the child that ended, 0.3 s in the service itself (clock ticks: 10 ms).
-    assert 0.65 <= used.services["svc"] <= 1.2
+    # After the first sample: the child's second 0.3 s (it ended: counted through the service's
+    # cutime, its first half not again) and the service's own 0.3 s. Clock ticks are 10 ms.
+    assert 0.5 <= used.services["svc"] <= 0.78
     assert set(used.services) == {"svc"}
     assert used.busy >= used.services["svc"] - 0.05
     assert used.seconds == pytest.approx(after.at - before.at)
+
+
+def test_own_threads_splits_the_main_thread_from_the_others_ended_ones_too() -> None:
+    def burn(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    main, other = own_threads()
+    worker = threading.Thread(target=burn, args=(0.3,))
+    worker.start()
+    worker.join()  # ended before the second reading
+    burn(0.2)
+    main_after, other_after = own_threads()
+    assert 0.15 <= main_after - main <= 0.35
+    assert 0.25 <= other_after - other <= 0.45
 
 
 def test_the_machine_counts_this_process_s_own_work() -> None:
@@ -95,6 +123,15 @@ def test_per_item_rest_and_bound_are_simple_arithmetic() -> None:
     assert use.bound(1000) == pytest.approx(1000 * use.cores / 3.0)
     assert use.utilisation == pytest.approx(3.0 / (2.0 * use.cores))
     assert use.per_item(0) == {}
+
+
+def test_a_service_whose_time_went_back_restarted_and_is_left_out() -> None:
+    use = CpuUse.between(
+        CpuSample(at=0.0, busy=10.0, steal=0.0, services={"pg": 5.0, "os": 7.0}),
+        CpuSample(at=1.0, busy=11.0, steal=0.0, services={"pg": 0.2, "os": 7.5}),
+    )
+    assert use.services == {"os": 0.5}
+    assert use.rest == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(
