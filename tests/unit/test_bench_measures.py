@@ -3,6 +3,8 @@ machine used), and the committed count the consumer benchmark's clock starts fro
 
 from __future__ import annotations
 
+import json
+import random
 import socket
 import subprocess
 import sys
@@ -10,11 +12,19 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from bench._cpu import CpuMeter, CpuSample, CpuUse, local_port, own_threads
-from bench.consumer import committed_by
+from bench.consumer import _same_rows, committed_by
+from clickstream.db import make_engine
+from clickstream.db.migrate import upgrade
+from clickstream.db.models import sessions_table, traffic_minute_table
+from clickstream.events import ClickEvent
+from clickstream.store import SessionRules
+from tests.support import random_events, write_in_random_batches
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 
@@ -164,3 +174,36 @@ def test_events_committed_before_the_group_formed_are_read_not_assumed() -> None
     assert committed_by(samples, 2.5, 10000) == 4000
     assert committed_by(samples, 2.0, 10000) == 4000
     assert committed_by(samples, 0.5, 10000) == 10000
+
+
+def test_the_ceiling_s_same_rows_are_the_rows_the_store_leaves(tmp_path: Path) -> None:
+    # The consumer benchmark's ceilings write "the same rows" as the pipeline: its sessions
+    # and traffic_minute rows, computed apart from the store, must equal what the store left.
+    rng = random.Random(5)
+    events = [
+        ClickEvent.model_validate_json(json.dumps(e))
+        for e in random_events(77, users=40, per_user=20)
+    ]
+    url = f"sqlite:///{tmp_path / 'same.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    write_in_random_batches(engine, events, rng, SessionRules())
+    with engine.connect() as conn:
+        stored_sessions = {
+            row["session_id"]: {k: v for k, v in row.items() if k != "updated_at"}
+            for row in map(dict, conn.execute(select(sessions_table)).mappings())
+        }
+        stored_minutes = {
+            (row["minute"], row["device_type"], row["country"]): row
+            for row in map(dict, conn.execute(select(traffic_minute_table)).mappings())
+        }
+    engine.dispose()
+    sessions, minutes = _same_rows(events)
+    assert len(sessions) == len(stored_sessions) > 40
+    for row in sessions:
+        assert {k: v for k, v in row.items() if k != "updated_at"} == stored_sessions[
+            row["session_id"]
+        ]
+    assert len(minutes) == len(stored_minutes)
+    for row in minutes:
+        assert row == stored_minutes[row["minute"], row["device_type"], row["country"]]
