@@ -1235,7 +1235,7 @@ class Throughput:
     copy_all: Figure | None = None
     """``COPY`` of every row the pipeline stores: events, sessions, ``traffic_minute``."""
     bulk_all: Figure | None = None
-    """``helpers.bulk`` of every document the pipeline leaves: events' and sessions'."""
+    """Bulk requests of every document the pipeline leaves: events' and sessions'."""
 
 
 _Run = Callable[[str, Settings, bool], PipelineFigure]
@@ -1465,7 +1465,7 @@ def _ratios(result: Throughput) -> list[tuple[str, float, str]]:
 
     The ceiling goal compares the whole pipeline (both sinks) with the slower sink's ceiling
     for the same rows as the pipeline stores: ``COPY`` of events, sessions and
-    ``traffic_minute``; ``helpers.bulk`` of the event and session documents. The pipeline
+    ``traffic_minute``; bulk requests of the event and session documents. The pipeline
     into PostgreSQL alone against ``COPY``, and both against the events-only ceilings (a
     fraction of the work), are shown for information.
     """
