@@ -104,12 +104,20 @@ class CpuUse:
 
 
 def local_port(url: str, default_port: int) -> int | None:
-    """The port of ``url`` (or ``host:port``) when it names this machine's loopback, else None."""
+    """The port of ``url`` (or ``host:port``) when it names this machine's loopback, else None.
+
+    Without a port, an ``http``/``https`` URL means 80/443 and anything else ``default_port``.
+    A port that is not a number is not a local service either.
+    """
     text = url if "//" in url else f"//{url.split(',', maxsplit=1)[0]}"
     parts = urlsplit(text)
     if parts.hostname is None or parts.hostname not in _LOCAL_HOSTS:
         return None
-    return parts.port or default_port
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    return port or {"http": 80, "https": 443}.get(parts.scheme, default_port)
 
 
 class CpuMeter:
@@ -120,21 +128,26 @@ class CpuMeter:
     """
 
     def __init__(self, ports: Mapping[str, int | None]) -> None:
-        listeners = _listeners({port for port in ports.values() if port is not None})
+        wanted = {port for port in ports.values() if port is not None}
+        listening, listeners = _listeners(wanted)
         self.pids: dict[str, int] = {
             name: listeners[port]
             for name, port in ports.items()
             if port is not None and port in listeners
         }
-        self.missing = sorted(
-            name for name, port in ports.items() if port is not None and name not in self.pids
-        )
-        """Services on a local port that no process of this machine was seen listening on."""
+        self.missing: dict[str, str] = {
+            name: "its port is open, but its process cannot be read (another user's?)"
+            if port in listening
+            else "no local listener found"
+            for name, port in ports.items()
+            if port is not None and name not in self.pids
+        }
+        """Services on a local port that are not metered, and why (their time is in "rest")."""
 
     def describe(self) -> str:
         """Which process is metered for each service (a proxy or a tunnel would show here)."""
         found = [f"{name}: pid {pid} ({_command(pid)})" for name, pid in self.pids.items()]
-        found += [f"{name}: no local listener found" for name in self.missing]
+        found += [f"{name}: {why}" for name, why in self.missing.items()]
         return "; ".join(found) or "no local service"
 
     def sample(self) -> CpuSample:
@@ -203,8 +216,9 @@ def _tree(
     return total
 
 
-def _listeners(ports: set[int]) -> dict[int, int]:
-    """Per port of ``ports``, the local process listening on it (TCP, IPv4 or IPv6)."""
+def _listeners(ports: set[int]) -> tuple[set[int], dict[int, int]]:
+    """The ports of ``ports`` that something listens on (TCP, IPv4 or IPv6), and per port the
+    local process listening on it, where its file descriptors can be read."""
     inodes: dict[str, int] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with suppress(OSError):
@@ -215,7 +229,7 @@ def _listeners(ports: set[int]) -> dict[int, int]:
                     inodes[f"socket:[{fields[9]}]"] = port
     found: dict[int, int] = {}
     if not inodes:
-        return found
+        return set(), found
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -226,4 +240,4 @@ def _listeners(ports: set[int]) -> dict[int, int]:
                     if listening is not None:
                         # The parent of a forked listener (PostgreSQL's postmaster) listens too.
                         found.setdefault(listening, int(entry.name))
-    return found
+    return set(inodes.values()), found

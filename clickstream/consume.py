@@ -57,7 +57,7 @@ table holds ``max_locks_per_transaction`` (64) times the connection slots for al
 few thousand on a small server. Batches of 5,000 measured no faster than 2,000."""
 _SESSION_TIMEOUT_RANGE: Final = (6.0, 1800.0)
 """What a broker with default settings accepts (``group.min/max.session.timeout.ms``)."""
-HEARTBEAT_INTERVAL_MS: Final = 1000
+_HEARTBEAT_INTERVAL_MS: Final = 1000
 """The consumer's heartbeat, well under the shortest session timeout (6 s)."""
 _MAX_INTERVAL: Final = 86400.0
 _KAFKA_WAIT_SLICE: Final = 2.0
@@ -349,7 +349,7 @@ def run(
                     # Members learn of a rebalance from a heartbeat's answer, and a cooperative
                     # one takes two rounds: at the default 3 s, a joining consumer sat idle for
                     # about 6 s before it got partitions; at 1 s, about 2 s.
-                    "heartbeat.interval.ms": HEARTBEAT_INTERVAL_MS,
+                    "heartbeat.interval.ms": _HEARTBEAT_INTERVAL_MS,
                     "logger": librdkafka_logger(),
                 }
             )

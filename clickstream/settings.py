@@ -54,7 +54,8 @@ SETTING_FLAGS: Final[Mapping[str, str]] = MappingProxyType(
         "dashboards_url": "--dashboards-url",
     }
 )
-"""How the commands' flags spell the settings they override: the same flag in every command."""
+"""How the commands' flags spell the settings they override: a setting has the same flag in
+every command that takes it."""
 
 _KAFKA_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}", re.ASCII)
 
