@@ -30,6 +30,17 @@ from clickstream.store import BatchOutcome, PositionedEvent, SessionRules, sessi
 
 ROOT = Path(__file__).resolve().parent.parent
 
+MINIMAL_EVENT: dict[str, Any] = {
+    "event_id": "3f2b8c1e-9d4a-4c6b-8e2f-1a7d5c9b0e44",
+    "event_type": "page_view",
+    "occurred_at": "2026-11-30T11:59:00Z",
+    "user_id": "visitor-1",
+    "page_url": "https://shop.example.com/",
+    "page_type": "home",
+    "device_type": "desktop",
+}
+"""A valid event with only the required fields (tests derive others from it with ``|``)."""
+
 KINDS = ["page_view", "search", "add_to_cart", "remove_from_cart", "begin_checkout", "purchase"]
 
 PAGES = [

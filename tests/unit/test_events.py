@@ -27,20 +27,12 @@ from clickstream.events import (
     decode_event,
     json_schema,
 )
+from tests.support import MINIMAL_EVENT
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 TOLERANCE = timedelta(minutes=5)
-EVENT_ID = "3f2b8c1e-9d4a-4c6b-8e2f-1a7d5c9b0e44"
-
-MINIMAL: dict[str, Any] = {
-    "event_id": EVENT_ID,
-    "event_type": "page_view",
-    "occurred_at": "2026-11-30T11:59:00Z",
-    "user_id": "visitor-1",
-    "page_url": "https://shop.example.com/",
-    "page_type": "home",
-    "device_type": "desktop",
-}
+MINIMAL: dict[str, Any] = MINIMAL_EVENT
+EVENT_ID = MINIMAL["event_id"]
 
 PURCHASE: dict[str, Any] = {
     **MINIMAL,

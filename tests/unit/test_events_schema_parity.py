@@ -17,19 +17,12 @@ from jsonschema import Draft202012Validator
 
 from clickstream.errors import InvalidEvent
 from clickstream.events import SCHEMA_PATH, decode_event
+from tests.support import MINIMAL_EVENT
 
 # Far in the future: the clock-relative rule (future_timestamp) is not the schema's business.
 NOW = datetime(2100, 1, 1, tzinfo=UTC)
 
-BASE: dict[str, Any] = {
-    "event_id": "3f2b8c1e-9d4a-4c6b-8e2f-1a7d5c9b0e44",
-    "event_type": "page_view",
-    "occurred_at": "2026-11-30T11:59:00Z",
-    "user_id": "visitor-1",
-    "page_url": "https://shop.example.com/",
-    "page_type": "home",
-    "device_type": "desktop",
-}
+BASE: dict[str, Any] = MINIMAL_EVENT
 PURCHASE: dict[str, Any] = BASE | {
     "event_type": "purchase",
     "page_type": "confirmation",
